@@ -1,0 +1,37 @@
+# halochat — the two commands: `make run` (serve on the embedded database) and `make test`.
+# The interpreter is pyenv's 3.13.0 when present (see .python-version), else python3.13 on PATH.
+PYENV_PY := $(HOME)/.pyenv/versions/$(shell cat .python-version)/bin/python
+PYTHON ?= $(if $(wildcard $(PYENV_PY)),$(PYENV_PY),python3.13)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench install seed clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m halochat serve
+
+seed: $(STAMP)
+	$(PY) scripts/seed.py
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) bench/store.py
+
+clean:
+	rm -rf var .pytest_cache

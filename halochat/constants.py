@@ -1,0 +1,177 @@
+"""Enums shared by every layer: roles, states, event names, error codes.
+
+Values are the strings that go over the wire and into MongoDB; code always uses the members.
+"""
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    CUSTOMER = "customer"
+    MITRA = "mitra"
+    ADMIN = "admin"
+
+
+class AuthMode(StrEnum):
+    LOCAL = "local"  # HS256 JWTs signed with HALOCHAT_JWT_SECRET
+    FIREBASE = "firebase"  # Firebase ID tokens verified by firebase-admin
+
+
+class SessionState(StrEnum):
+    PAIRING = "PAIRING"
+    UNMATCHED = "UNMATCHED"
+    CANCELLED = "CANCELLED"
+    ACTIVE = "ACTIVE"
+    EXPIRED = "EXPIRED"
+    EXTENSION_PENDING = "EXTENSION_PENDING"
+    CLOSING = "CLOSING"
+    COMPLETED = "COMPLETED"
+
+
+FINAL_STATES: frozenset[SessionState] = frozenset(
+    {SessionState.UNMATCHED, SessionState.CANCELLED, SessionState.COMPLETED}
+)
+# A customer holds at most one session in any of these states.
+OPEN_STATES: frozenset[SessionState] = frozenset(set(SessionState) - FINAL_STATES)
+# States bounded by the grace period (DESIGN.md: nothing hangs forever).
+GRACE_STATES: frozenset[SessionState] = frozenset(
+    {SessionState.EXPIRED, SessionState.EXTENSION_PENDING, SessionState.CLOSING}
+)
+
+
+class TransactionKind(StrEnum):
+    TIER = "tier"
+    FREE_TRIAL = "free_trial"
+    EXTENSION = "extension"
+
+
+class TransactionStatus(StrEnum):
+    PAID = "paid"  # payment is mocked in this phase
+    PENDING_PAYMENT = "pending_payment"  # the hook for a real payment gateway
+    VOID = "void"
+
+
+class ChoiceKind(StrEnum):
+    """What a customer may pick when opening a chat."""
+
+    TIER = "tier"
+    FREE_TRIAL = "free_trial"
+
+
+class ExtensionStatus(StrEnum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+
+class ClientFrame(StrEnum):
+    """Frame types a client sends on the WebSocket."""
+
+    AUTH = "auth"
+    PING = "ping"
+    HELLO = "hello"  # resync: last seq per session
+    SEND = "message.send"
+    RECEIPT = "receipt"
+    TYPING = "typing"
+    APP_STATE = "app.state"  # foreground / background
+
+
+class ServerFrame(StrEnum):
+    """Frame types the server sends on the WebSocket."""
+
+    READY = "ready"
+    PONG = "pong"
+    ACK = "ack"
+    ERROR = "error"
+    SYNC = "sync"
+    MESSAGE = "message.new"
+    RECEIPT = "receipt.updated"
+    TYPING = "typing"
+    # Pairing
+    CHAT_REQUEST = "chat.request"
+    REQUEST_TAKEN = "chat.request_taken"
+    REQUEST_WITHDRAWN = "chat.request_withdrawn"
+    PAIRING_STATUS = "pairing.status"
+    SESSION_STARTED = "session.started"
+    PAIRING_FAILED = "pairing.failed"
+    # Lifecycle
+    ONE_MINUTE_LEFT = "session.one_minute_left"
+    SESSION_EXPIRED = "session.expired"
+    EXTENSION_REQUESTED = "session.extension_requested"
+    EXTENSION_ANSWERED = "session.extension_answered"
+    SESSION_RESUMED = "session.resumed"
+    SESSION_CLOSING = "session.closing"
+    CLOSURE_SUBMITTED = "session.closure_submitted"
+    SESSION_COMPLETED = "session.completed"
+    SESSION_CANCELLED = "session.cancelled"
+
+
+class ReceiptKind(StrEnum):
+    DELIVERED = "delivered"
+    READ = "read"
+
+
+class MessageStatus(StrEnum):
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+
+
+class TypingState(StrEnum):
+    START = "start"
+    STOP = "stop"
+
+
+class AppState(StrEnum):
+    FOREGROUND = "foreground"
+    BACKGROUND = "background"
+
+
+class PushType(StrEnum):
+    """The `type` field of every push's data block (docs/push.md)."""
+
+    CHAT_MESSAGE = "chat_message"
+    CHAT_REQUEST = "chat_request"
+    PAIRING_RESULT = "pairing_result"
+    EXTENSION_REQUEST = "extension_request"
+    EXTENSION_ANSWER = "extension_answer"
+    ONE_MINUTE_LEFT = "one_minute_left"
+    SESSION_EXPIRED = "session_expired"
+    SESSION_ENDED = "session_ended"
+
+
+class ErrorCode(StrEnum):
+    # 400
+    INVALID_JSON = "invalid_json"
+    BAD_REQUEST = "bad_request"
+    # 401 / 403
+    AUTH_REQUIRED = "auth_required"
+    INVALID_TOKEN = "invalid_token"
+    TOKEN_EXPIRED = "token_expired"
+    USER_NOT_FOUND = "user_not_found"
+    FORBIDDEN = "forbidden"
+    WRONG_ROLE = "wrong_role"
+    NOT_PARTICIPANT = "not_participant"
+    # 404 / 405
+    NOT_FOUND = "not_found"
+    SESSION_NOT_FOUND = "session_not_found"
+    TIER_NOT_FOUND = "tier_not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    # 409
+    CONFLICT = "conflict"
+    INVALID_STATE = "invalid_state"
+    SESSION_ALREADY_OPEN = "session_already_open"
+    REQUEST_TAKEN = "request_taken"
+    FREE_TRIAL_UNAVAILABLE = "free_trial_unavailable"
+    ALREADY_RESOLVED = "already_resolved"
+    ALREADY_SUBMITTED = "already_submitted"
+    DUPLICATE = "duplicate"
+    # 413 / 422 / 429
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    VALIDATION_ERROR = "validation_error"
+    RATE_LIMITED = "rate_limited"
+    # WebSocket-only
+    UNKNOWN_FRAME = "unknown_frame"
+    # 5xx
+    INTERNAL = "internal_error"
+    UNAVAILABLE = "service_unavailable"

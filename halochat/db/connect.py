@@ -1,0 +1,24 @@
+"""Connects Beanie to MongoDB (real or embedded) through pymongo's async client."""
+
+from beanie import init_beanie
+from pymongo import AsyncMongoClient
+
+from halochat.documents import ALL_DOCUMENTS
+
+
+def make_client(uri: str) -> AsyncMongoClient:
+    # tz_aware: datetimes come back UTC-aware, matching what we store.
+    return AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=10_000)
+
+
+async def init_db(client: AsyncMongoClient, db_name: str) -> None:
+    """Registers the documents and creates their indexes (idempotent)."""
+    await init_beanie(database=client[db_name], document_models=ALL_DOCUMENTS)
+
+
+async def ping(client: AsyncMongoClient) -> bool:
+    try:
+        await client.admin.command("ping")
+    except Exception:
+        return False
+    return True

@@ -1,0 +1,26 @@
+from datetime import datetime
+
+from beanie import Document
+from pydantic import Field
+from pymongo import ASCENDING, IndexModel
+
+from halochat.constants import Role
+from halochat.documents.common import utcnow
+
+
+class User(Document):
+    role: Role
+    display_name: str
+    # Firebase uid when auth_mode=firebase; unique where present.
+    auth_uid: str | None = None
+    # Mitra availability: only available Mitras are offered chat requests.
+    available: bool = False
+    disabled: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+    class Settings:
+        name = "users"
+        indexes = [
+            IndexModel([("auth_uid", ASCENDING)], unique=True, sparse=True),
+            IndexModel([("role", ASCENDING), ("available", ASCENDING)]),
+        ]

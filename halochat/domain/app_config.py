@@ -1,0 +1,78 @@
+"""The Control Center configuration (app_config): defaults, read, validated update."""
+
+from pymongo.errors import DuplicateKeyError
+
+from halochat.config import Settings
+from halochat.documents import AppConfig, ConfigValues, Tier
+from halochat.documents.app_config import CONFIG_KEY
+from halochat.documents.common import utcnow
+
+# Realistic IDR tiers; prices are whole rupiah.
+DEFAULT_TIERS: tuple[Tier, ...] = (
+    Tier(id="15m", label="15 menit", minutes=15, price=15_000),
+    Tier(id="30m", label="30 menit", minutes=30, price=27_000),
+    Tier(id="60m", label="60 menit", minutes=60, price=50_000),
+)
+TEST_TIERS: tuple[Tier, ...] = (
+    Tier(id="test-1m", label="1 menit (test)", minutes=1, price=1_000, test=True),
+)
+
+
+def default_values(settings: Settings, with_test_tiers: bool = True) -> ConfigValues:
+    tiers = list(DEFAULT_TIERS) + (list(TEST_TIERS) if with_test_tiers else [])
+    return ConfigValues(
+        tiers=tiers,
+        free_trial_enabled=True,
+        free_trial_minutes=5,
+        pairing_timeout_seconds=settings.pairing_timeout_seconds,
+    )
+
+
+async def get_config() -> AppConfig | None:
+    return await AppConfig.find_one(AppConfig.key == CONFIG_KEY)
+
+
+async def ensure_config(settings: Settings) -> tuple[AppConfig, bool]:
+    """Returns the configuration, creating the default one if there is none (idempotent,
+    race-safe through the unique key). The bool says whether it was created now."""
+    existing = await get_config()
+    if existing is not None:
+        return existing, False
+    doc = AppConfig(**default_values(settings).model_dump())
+    try:
+        await doc.insert()
+    except DuplicateKeyError:
+        existing = await get_config()
+        assert existing is not None
+        return existing, False
+    return doc, True
+
+
+async def require_config(settings: Settings) -> AppConfig:
+    config, _ = await ensure_config(settings)
+    return config
+
+
+async def replace_config(settings: Settings, values: ConfigValues) -> AppConfig:
+    """Replaces the editable values as a whole; applies to new requests at once."""
+    config = await require_config(settings)
+    await AppConfig.get_pymongo_collection().update_one(
+        {"_id": config.id},
+        {
+            "$set": {**values.model_dump(mode="python"), "updated_at": utcnow()},
+            "$inc": {"version": 1},
+        },
+    )
+    updated = await get_config()
+    assert updated is not None
+    return updated
+
+
+async def set_test_tiers(settings: Settings, enabled: bool) -> AppConfig:
+    """Adds (or resets) the developer test tiers, or removes them; other tiers untouched."""
+    config = await require_config(settings)
+    tiers = [t for t in config.tiers if not t.test and t.id not in {x.id for x in TEST_TIERS}]
+    if enabled:
+        tiers += list(TEST_TIERS)
+    values = config.values().model_copy(update={"tiers": tiers})
+    return await replace_config(settings, ConfigValues.model_validate(values.model_dump()))

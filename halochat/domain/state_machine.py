@@ -1,0 +1,94 @@
+"""The session state machine (DESIGN.md), in one place.
+
+Every transition is ONE conditional update on the session document (`state in from_states`),
+so duplicate timers, concurrent accepts, or two server processes produce exactly one change:
+the loser gets None back and does nothing.
+"""
+
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+from beanie import PydanticObjectId
+from pymongo import ReturnDocument
+
+from halochat.constants import FINAL_STATES, SessionState
+from halochat.documents import ChatSession
+from halochat.documents.common import utcnow
+
+S = SessionState
+
+
+class Trigger(StrEnum):
+    ACCEPT = "accept"  # a Mitra accepts the chat request
+    PAIRING_TIMEOUT = "pairing_timeout"
+    CANCEL = "cancel"  # the customer cancels while pairing
+    TIME_UP = "time_up"
+    END_EARLY = "end_early"
+    REQUEST_EXTENSION = "request_extension"
+    DECLINE_EXTENSION = "decline_extension"  # the customer does not extend
+    EXTENSION_ACCEPTED = "extension_accepted"
+    EXTENSION_REJECTED = "extension_rejected"
+    CLOSURES_DONE = "closures_done"
+    GRACE_ELAPSED = "grace_elapsed"
+
+
+class Edge(NamedTuple):
+    sources: frozenset[SessionState]
+    target: SessionState
+
+
+TRANSITIONS: dict[Trigger, Edge] = {
+    Trigger.ACCEPT: Edge(frozenset({S.PAIRING}), S.ACTIVE),
+    Trigger.PAIRING_TIMEOUT: Edge(frozenset({S.PAIRING}), S.UNMATCHED),
+    Trigger.CANCEL: Edge(frozenset({S.PAIRING}), S.CANCELLED),
+    Trigger.TIME_UP: Edge(frozenset({S.ACTIVE}), S.EXPIRED),
+    Trigger.END_EARLY: Edge(frozenset({S.ACTIVE}), S.CLOSING),
+    Trigger.REQUEST_EXTENSION: Edge(frozenset({S.EXPIRED}), S.EXTENSION_PENDING),
+    Trigger.DECLINE_EXTENSION: Edge(frozenset({S.EXPIRED}), S.CLOSING),
+    Trigger.EXTENSION_ACCEPTED: Edge(frozenset({S.EXTENSION_PENDING}), S.ACTIVE),
+    Trigger.EXTENSION_REJECTED: Edge(frozenset({S.EXTENSION_PENDING}), S.CLOSING),
+    Trigger.CLOSURES_DONE: Edge(frozenset({S.CLOSING}), S.COMPLETED),
+    Trigger.GRACE_ELAPSED: Edge(
+        frozenset({S.EXPIRED, S.EXTENSION_PENDING, S.CLOSING}), S.COMPLETED
+    ),
+}
+
+
+def can(trigger: Trigger, state: SessionState) -> bool:
+    return state in TRANSITIONS[trigger].sources
+
+
+async def transition(
+    session_id: PydanticObjectId,
+    trigger: Trigger,
+    *,
+    set_fields: dict[str, Any] | None = None,
+    unset_fields: tuple[str, ...] = (),
+    extra_filter: dict[str, Any] | None = None,
+    extra_update: dict[str, Any] | None = None,
+) -> ChatSession | None:
+    """Applies `trigger` if the session is in one of its source states (and matches
+    `extra_filter`); returns the updated session, or None if another actor got there first.
+
+    `extra_update` merges further operators (e.g. {"$push": ...}) into the same update.
+    """
+    edge = TRANSITIONS[trigger]
+    now = utcnow()
+    fields: dict[str, Any] = {"state": edge.target.value, "updated_at": now}
+    fields.update(set_fields or {})
+    unset = dict.fromkeys(unset_fields, "")
+    if edge.target in FINAL_STATES:
+        # Frees the customer's one-open-session slot (unique sparse index) atomically.
+        unset["open_customer_id"] = ""
+        fields.setdefault("completed_at", now)
+    update: dict[str, Any] = {"$set": fields}
+    if unset:
+        update["$unset"] = unset
+    for op, spec in (extra_update or {}).items():
+        update.setdefault(op, {}).update(spec)
+    query: dict[str, Any] = {"_id": session_id, "state": {"$in": [s.value for s in edge.sources]}}
+    query.update(extra_filter or {})
+    raw = await ChatSession.get_pymongo_collection().find_one_and_update(
+        query, update, return_document=ReturnDocument.AFTER
+    )
+    return None if raw is None else ChatSession.model_validate(raw)

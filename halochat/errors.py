@@ -1,0 +1,106 @@
+"""One error shape for every 4xx/5xx: {"error": {"code": ..., "message": ..., "details"?: ...}}."""
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+from sanic import Request, Sanic
+from sanic.exceptions import SanicException
+from sanic.handlers import ErrorHandler
+from sanic.response import HTTPResponse, json
+
+from halochat.constants import ErrorCode
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A domain error with an HTTP status and a machine-readable code.
+
+    Raised by domain functions; HTTP routes and WebSocket handlers both translate it.
+    """
+
+    def __init__(
+        self, status: int, code: ErrorCode, message: str, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code.value, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+def bad_request(message: str, code: ErrorCode = ErrorCode.BAD_REQUEST) -> ApiError:
+    return ApiError(400, code, message)
+
+
+def not_found(message: str, code: ErrorCode = ErrorCode.NOT_FOUND) -> ApiError:
+    return ApiError(404, code, message)
+
+
+def forbidden(message: str, code: ErrorCode = ErrorCode.FORBIDDEN) -> ApiError:
+    return ApiError(403, code, message)
+
+
+def conflict(
+    message: str, code: ErrorCode = ErrorCode.CONFLICT, details: dict[str, Any] | None = None
+) -> ApiError:
+    return ApiError(409, code, message, details)
+
+
+def validation_error(exc: ValidationError) -> ApiError:
+    """422 naming each offending field, without echoing the (possibly huge) input."""
+    fields = [
+        {
+            "field": ".".join(str(p) for p in err["loc"]) or "(body)",
+            "message": err["msg"],
+            "type": err["type"],
+        }
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+    names = ", ".join(f["field"] for f in fields)
+    return ApiError(
+        422, ErrorCode.VALIDATION_ERROR, f"invalid field(s): {names}", {"fields": fields}
+    )
+
+
+_SANIC_STATUS_CODES: dict[int, ErrorCode] = {
+    400: ErrorCode.BAD_REQUEST,
+    401: ErrorCode.AUTH_REQUIRED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    429: ErrorCode.RATE_LIMITED,
+    503: ErrorCode.UNAVAILABLE,
+}
+
+
+def error_response(err: ApiError) -> HTTPResponse:
+    return json({"error": err.to_dict()}, status=err.status)
+
+
+class JsonErrorHandler(ErrorHandler):
+    """Renders every exception Sanic sees in the one error shape."""
+
+    def default(self, request: Request, exception: Exception) -> HTTPResponse:
+        if isinstance(exception, ApiError):
+            return error_response(exception)
+        if isinstance(exception, ValidationError):
+            return error_response(validation_error(exception))
+        if isinstance(exception, SanicException) and exception.status_code < 500:
+            status = exception.status_code
+            code = _SANIC_STATUS_CODES.get(status, ErrorCode.BAD_REQUEST)
+            return error_response(ApiError(status, code, str(exception) or code.value))
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(ApiError(500, ErrorCode.INTERNAL, "internal server error"))
+
+
+def install_error_handler(app: Sanic) -> None:
+    app.error_handler = JsonErrorHandler()

@@ -1,0 +1,74 @@
+"""APScheduler wrapper: one-shot timers keyed by (session, kind).
+
+Timers are an optimisation: jobs only call domain transitions, which are conditional updates,
+so a job that fires twice, late, or in two processes changes the session once. Jobs are kept
+in memory; after a restart the recovery pass rebuilds them from the session documents.
+"""
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.date import DateTrigger
+
+from halochat.documents.common import utcnow
+
+log = logging.getLogger(__name__)
+
+
+class TimerKind(StrEnum):
+    PAIRING_TIMEOUT = "pairing_timeout"
+    WARNING = "warning"
+    EXPIRY = "expiry"
+    GRACE = "grace"
+
+
+def job_id(session_id: object, kind: TimerKind) -> str:
+    return f"{session_id}:{kind.value}"
+
+
+class Timers:
+    def __init__(self) -> None:
+        # misfire_grace_time=None: a late job still runs (the transition checks the clock).
+        self.scheduler = AsyncIOScheduler(
+            timezone="UTC",
+            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
+        )
+
+    def start(self) -> None:
+        if not self.scheduler.running:
+            self.scheduler.start()
+
+    def shutdown(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+
+    def at(
+        self,
+        session_id: object,
+        kind: TimerKind,
+        when: datetime,
+        func: Callable[..., Awaitable[Any]],
+        *args: Any,
+    ) -> None:
+        """(Re)schedules the session's timer of this kind; a past `when` runs at once."""
+        self.scheduler.add_job(
+            func,
+            DateTrigger(run_date=max(when, utcnow())),
+            id=job_id(session_id, kind),
+            args=list(args),
+            replace_existing=True,
+        )
+
+    def cancel(self, session_id: object, *kinds: TimerKind) -> None:
+        for kind in kinds or tuple(TimerKind):
+            job = self.scheduler.get_job(job_id(session_id, kind))
+            if job is not None:
+                job.remove()
+
+    @property
+    def pending(self) -> int:
+        return len(self.scheduler.get_jobs())

@@ -1,0 +1,3 @@
+from halochat.push.fcm import Push, PushService
+
+__all__ = ["Push", "PushService"]

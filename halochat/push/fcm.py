@@ -1,0 +1,131 @@
+"""FCM push through firebase-admin: deep-link data, display block, invalid-token cleanup.
+
+Every push is built from a `Push`: its `data` carries what an app needs to open the exact
+conversation (docs/push.md). Sending is fire-and-forget so a slow FCM never delays a chat.
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import firebase_admin
+from beanie import PydanticObjectId
+from firebase_admin import credentials, messaging
+
+from halochat.config import Settings
+from halochat.constants import PushType
+from halochat.documents import Device
+
+log = logging.getLogger(__name__)
+
+FCM_DEFAULT_BASE = "https://fcm.googleapis.com"
+ANDROID_CHANNEL_ID = "halochat_chat"
+
+
+@dataclass(frozen=True)
+class Push:
+    type: PushType
+    session_id: str
+    title: str
+    body: str
+    # Extra deep-link fields (other party id/name/role, seq, ...); values become strings.
+    data: dict[str, object] = field(default_factory=dict)
+
+    def data_block(self) -> dict[str, str]:
+        """FCM data values must be strings; None values are left out."""
+        merged: dict[str, object] = {"type": self.type.value, "session_id": self.session_id}
+        merged.update(self.data)
+        return {k: str(v) for k, v in merged.items() if v is not None}
+
+
+def build_message(push: Push, token: str) -> messaging.Message:
+    return messaging.Message(
+        token=token,
+        notification=messaging.Notification(title=push.title, body=push.body),
+        data=push.data_block(),
+        android=messaging.AndroidConfig(
+            priority="high",
+            collapse_key=push.session_id,
+            notification=messaging.AndroidNotification(
+                tag=push.session_id, channel_id=ANDROID_CHANNEL_ID
+            ),
+        ),
+        apns=messaging.APNSConfig(
+            headers={"apns-priority": "10", "apns-collapse-id": push.session_id},
+            payload=messaging.APNSPayload(
+                aps=messaging.Aps(
+                    content_available=True, thread_id=push.session_id, sound="default"
+                )
+            ),
+        ),
+    )
+
+
+def _token_is_dead(exc: Exception) -> bool:
+    if isinstance(exc, messaging.UnregisteredError | messaging.SenderIdMismatchError):
+        return True
+    # FCM answers INVALID_ARGUMENT for a malformed token; other INVALID_ARGUMENTs are ours.
+    return isinstance(exc, firebase_admin.exceptions.InvalidArgumentError) and (
+        "registration token" in str(exc).lower()
+    )
+
+
+class PushService:
+    def __init__(self, settings: Settings) -> None:
+        self._app: firebase_admin.App | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        if settings.fcm_credentials_file is None:
+            log.info("FCM disabled: HALOCHAT_FCM_CREDENTIALS_FILE is not set")
+            return
+        cred = credentials.Certificate(str(settings.fcm_credentials_file))
+        options = {"projectId": settings.fcm_project_id} if settings.fcm_project_id else {}
+        self._app = firebase_admin.initialize_app(cred, options, name=f"halochat-{id(self)}")
+        if settings.fcm_endpoint:
+            # Test hook: the real send path, pointed at a local fake FCM endpoint.
+            service = messaging._get_messaging_service(self._app)
+            service._fcm_url = service._fcm_url.replace(
+                FCM_DEFAULT_BASE, settings.fcm_endpoint.rstrip("/")
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self._app is not None
+
+    def send_later(self, user_id: PydanticObjectId, push: Push) -> None:
+        if not self.enabled:
+            return
+        task = asyncio.get_running_loop().create_task(self.send(user_id, push))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def send(self, user_id: PydanticObjectId, push: Push) -> int:
+        """Sends to each registered device of the user; returns how many FCM accepted."""
+        if self._app is None:
+            return 0
+        devices = await Device.find(Device.user_id == user_id).to_list()
+        if not devices:
+            return 0
+        messages = [build_message(push, d.fcm_token) for d in devices]
+        try:
+            batch = await messaging.send_each_async(messages, app=self._app)
+        except Exception:
+            log.exception("FCM send failed for user %s", user_id)
+            return 0
+        for device, resp in zip(devices, batch.responses, strict=True):
+            if resp.exception is not None:
+                if _token_is_dead(resp.exception):
+                    log.info("dropping dead FCM token of user %s", user_id)
+                    await Device.find(Device.fcm_token == device.fcm_token).delete()
+                else:
+                    log.warning("FCM error for user %s: %s", user_id, resp.exception)
+        return batch.success_count
+
+    async def drain(self) -> None:
+        """Waits for in-flight pushes (shutdown)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        if self._app is not None:
+            firebase_admin.delete_app(self._app)
+            self._app = None

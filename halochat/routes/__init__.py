@@ -1,0 +1,12 @@
+"""HTTP blueprints, registered by create_app in this order."""
+
+from sanic import Blueprint
+
+from halochat.routes import admin_config, devices, health, users
+
+ROUTE_BLUEPRINTS: list[Blueprint] = [
+    health.bp,
+    users.bp,
+    devices.bp,
+    admin_config.bp,
+]

@@ -1,0 +1,56 @@
+"""Helpers that keep routes thin: body/query parsing into pydantic models, id parsing."""
+
+from typing import Any
+
+import orjson
+from beanie import PydanticObjectId
+from bson.errors import InvalidId
+from pydantic import BaseModel, ValidationError
+from sanic import Request
+from sanic.response import HTTPResponse, raw
+
+from halochat.constants import ErrorCode
+from halochat.errors import ApiError, validation_error
+
+
+def parse_body[M: BaseModel](request: Request, model: type[M]) -> M:
+    """Malformed JSON -> 400 invalid_json; wrong shape or types -> 422 naming the fields."""
+    if not request.body:
+        raise ApiError(400, ErrorCode.INVALID_JSON, "a JSON object body is required")
+    try:
+        data = orjson.loads(request.body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, ErrorCode.INVALID_JSON, "body is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise ApiError(400, ErrorCode.INVALID_JSON, "body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from exc
+
+
+def parse_query[M: BaseModel](request: Request, model: type[M]) -> M:
+    data = {k: v[-1] if isinstance(v, list) else v for k, v in request.args.items()}
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from exc
+
+
+def object_id(
+    value: str, code: ErrorCode = ErrorCode.NOT_FOUND, what: str = "object"
+) -> PydanticObjectId:
+    """An id in a path: anything that is not an ObjectId cannot exist -> 404."""
+    try:
+        return PydanticObjectId(value)
+    except (InvalidId, TypeError) as exc:
+        raise ApiError(404, code, f"{what} not found") from exc
+
+
+def json_response(data: Any, status: int = 200) -> HTTPResponse:
+    """orjson handles datetimes (ISO 8601, UTC offset) and is fast."""
+    return raw(
+        orjson.dumps(data, default=str),
+        status=status,
+        content_type="application/json",
+    )

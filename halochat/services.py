@@ -1,0 +1,41 @@
+"""The per-app service container handed to domain functions (app.ctx.services)."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from beanie import PydanticObjectId
+from pymongo import AsyncMongoClient
+
+from halochat.config import Settings
+from halochat.constants import ServerFrame
+from halochat.jobs.timers import Timers
+from halochat.push import Push, PushService
+from halochat.ws.hub import Hub
+
+
+def frame(type_: ServerFrame, data: dict[str, Any]) -> dict[str, Any]:
+    return {"type": type_.value, "data": data}
+
+
+@dataclass
+class Services:
+    settings: Settings
+    client: AsyncMongoClient
+    hub: Hub
+    push: PushService
+    timers: Timers
+
+    def notify(
+        self,
+        user_id: PydanticObjectId | None,
+        type_: ServerFrame,
+        data: dict[str, Any],
+        push: Push | None = None,
+    ) -> None:
+        """Sends an event to every live device of the user; when none is in the foreground
+        (no socket, or the app reported background), sends `push` over FCM instead."""
+        if user_id is None:
+            return
+        foreground = self.hub.send_to_user(user_id, frame(type_, data))
+        if push is not None and foreground == 0:
+            self.push.send_later(user_id, push)

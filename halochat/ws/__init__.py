@@ -1,0 +1,1 @@
+"""WebSocket hub, protocol, and per-feature frame handlers (ws/frames/)."""

@@ -1,0 +1,1 @@
+"""Frame handlers per feature; importing this package registers them (ws/registry.py)."""

@@ -1,0 +1,157 @@
+"""The /ws endpoint: authenticate, register the connection, read and dispatch frames.
+
+Bad input gets an error frame and the connection stays open; only auth failures close it.
+"""
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from sanic import Request, Websocket
+
+from halochat.auth import authenticate, bearer_token
+from halochat.constants import AppState, ClientFrame, ErrorCode, ServerFrame
+from halochat.documents import User
+from halochat.errors import ApiError, validation_error
+from halochat.services import Services
+from halochat.ws.hub import Connection, encode
+from halochat.ws.protocol import ClientEnvelope
+from halochat.ws.registry import HANDLERS
+
+log = logging.getLogger(__name__)
+
+AUTH_FRAME_TIMEOUT = 10.0
+CLOSE_AUTH_FAILED = 4401  # private-use close code: the app should refresh its token
+
+
+def error_frame(err: ApiError, frame_id: str | None) -> dict[str, Any]:
+    return {"type": ServerFrame.ERROR.value, "id": frame_id, "error": err.to_dict()}
+
+
+def ack_frame(frame_id: str | None, data: dict[str, Any] | None) -> dict[str, Any]:
+    return {"type": ServerFrame.ACK.value, "id": frame_id, "data": data or {}}
+
+
+def _parse(services: Services, text: str | bytes) -> ClientEnvelope:
+    if len(text) > services.settings.ws_max_frame_bytes:
+        raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, "frame too large")
+    try:
+        raw = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, ErrorCode.INVALID_JSON, "frame is not valid JSON") from exc
+    if not isinstance(raw, dict):
+        raise ApiError(400, ErrorCode.INVALID_JSON, "frame must be a JSON object")
+    try:
+        return ClientEnvelope.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_error(exc) from exc
+
+
+async def _authenticate_socket(services: Services, request: Request, ws: Websocket) -> User:
+    """Token from the Authorization header, the `token` query parameter, or a first
+    {"type": "auth", "data": {"token": ...}} frame for clients that cannot set headers."""
+    token = bearer_token(request) or request.args.get("token")
+    if token:
+        return await authenticate(services.settings, token)
+    try:
+        first = await asyncio.wait_for(ws.recv(), AUTH_FRAME_TIMEOUT)
+    except TimeoutError as exc:
+        raise ApiError(401, ErrorCode.AUTH_REQUIRED, "no auth frame received") from exc
+    if first is None:
+        raise ApiError(401, ErrorCode.AUTH_REQUIRED, "connection closed before auth")
+    env = _parse(services, first)
+    if env.type != ClientFrame.AUTH or not isinstance(env.data.get("token"), str):
+        raise ApiError(401, ErrorCode.AUTH_REQUIRED, "first frame must be an auth frame")
+    return await authenticate(services.settings, env.data["token"])
+
+
+async def _dispatch(services: Services, conn: Connection, env: ClientEnvelope) -> None:
+    try:
+        frame_type = ClientFrame(env.type)
+    except ValueError:
+        conn.send(
+            error_frame(
+                ApiError(400, ErrorCode.UNKNOWN_FRAME, f"unknown frame type {env.type!r}"), env.id
+            )
+        )
+        return
+    if frame_type == ClientFrame.PING:
+        conn.send({"type": ServerFrame.PONG.value, "id": env.id, "data": {}})
+        return
+    if frame_type == ClientFrame.APP_STATE:
+        try:
+            conn.app_state = AppState(env.data.get("state"))
+        except ValueError:
+            conn.send(
+                error_frame(
+                    ApiError(
+                        422,
+                        ErrorCode.VALIDATION_ERROR,
+                        "data.state must be foreground or background",
+                    ),
+                    env.id,
+                )
+            )
+            return
+        conn.send(ack_frame(env.id, {"state": conn.app_state.value}))
+        return
+    handler = HANDLERS.get(frame_type)
+    if handler is None:
+        err = ApiError(400, ErrorCode.UNKNOWN_FRAME, f"frame type {env.type!r} not accepted here")
+        conn.send(error_frame(err, env.id))
+        return
+    try:
+        result = await handler(services, conn, env.data)
+    except ApiError as err:
+        conn.send(error_frame(err, env.id))
+        return
+    except ValidationError as exc:
+        conn.send(error_frame(validation_error(exc), env.id))
+        return
+    conn.send(ack_frame(env.id, result))
+
+
+async def websocket_endpoint(request: Request, ws: Websocket) -> None:
+    services: Services = request.app.ctx.services
+    try:
+        user = await _authenticate_socket(services, request, ws)
+    except ApiError as err:
+        with contextlib.suppress(Exception):
+            await ws.send(encode(error_frame(err, None)))
+            await ws.close(code=CLOSE_AUTH_FAILED, reason=err.code.value)
+        return
+    conn = Connection(
+        ws=ws,
+        user_id=user.id,
+        role=user.role,
+        display_name=user.display_name,
+        device_id=request.args.get("device_id"),
+    )
+    services.hub.add(conn)
+    conn.send(
+        {
+            "type": ServerFrame.READY.value,
+            "data": {
+                "user_id": str(user.id),
+                "role": user.role.value,
+                "display_name": user.display_name,
+            },
+        }
+    )
+    try:
+        async for text in ws:
+            try:
+                env = _parse(services, text)
+            except ApiError as err:
+                conn.send(error_frame(err, None))
+                continue
+            try:
+                await _dispatch(services, conn, env)
+            except Exception:  # never drop a connection for one bad frame
+                log.exception("frame handler crashed (%s)", env.type)
+                conn.send(error_frame(ApiError(500, ErrorCode.INTERNAL, "internal error"), env.id))
+    finally:
+        await services.hub.remove(conn)

@@ -1,0 +1,96 @@
+"""Seed halochat: the default Control Center configuration, demo users, and test tiers.
+
+Idempotent: running it again changes nothing that is already there (users are keyed by
+their auth_uid, the configuration by its key). Prints a bearer token per demo user.
+
+    python scripts/seed.py                  # default config (if none) + demo users
+    python scripts/seed.py --test-tiers     # also add/reset the 1-minute test tier only
+    python scripts/seed.py --remove-test-tiers
+Uses MONGODB_URI when set, else the embedded database under HALOCHAT_DATA_DIR (var/).
+"""
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from halochat.auth import issue_token
+from halochat.config import Settings
+from halochat.constants import AuthMode, Role
+from halochat.db.connect import init_db, make_client
+from halochat.documents import User
+from halochat.domain.app_config import ensure_config, set_test_tiers
+from halochat.server import database_uri
+
+DEMO_USERS: tuple[tuple[str, Role, str], ...] = (
+    ("seed-customer-1", Role.CUSTOMER, "Rina"),
+    ("seed-customer-2", Role.CUSTOMER, "Budi"),
+    ("seed-mitra-1", Role.MITRA, "Bestie Sari"),
+    ("seed-mitra-2", Role.MITRA, "Bestie Dewi"),
+    ("seed-mitra-3", Role.MITRA, "Bestie Andi"),
+    ("seed-admin", Role.ADMIN, "Admin"),
+)
+
+
+async def upsert_user(auth_uid: str, role: Role, name: str) -> tuple[User, bool]:
+    existing = await User.find_one(User.auth_uid == auth_uid)
+    if existing is not None:
+        return existing, False
+    user = User(role=role, display_name=name, auth_uid=auth_uid, available=role == Role.MITRA)
+    await user.insert()
+    return user, True
+
+
+async def seed(settings: Settings, *, users: bool, test_tiers: bool | None) -> None:
+    client = make_client(settings.mongodb_uri or "")
+    try:
+        await init_db(client, settings.db_name)
+        config, created = await ensure_config(settings)
+        print(
+            f"app_config: {'created' if created else 'already present'} "
+            f"(tiers: {', '.join(t.id for t in config.tiers)})"
+        )
+        if test_tiers is not None:
+            config = await set_test_tiers(settings, enabled=test_tiers)
+            print(
+                f"test tiers {'added/reset' if test_tiers else 'removed'} "
+                f"(tiers: {', '.join(t.id for t in config.tiers)})"
+            )
+        if users:
+            for auth_uid, role, name in DEMO_USERS:
+                user, new = await upsert_user(auth_uid, role, name)
+                line = f"{role.value:8} {name:12} id={user.id} {'created' if new else 'exists'}"
+                if settings.auth_mode == AuthMode.LOCAL:
+                    line += f"\n         token: {issue_token(settings, user.id)}"
+                print(line)
+    finally:
+        await client.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    tiers = parser.add_mutually_exclusive_group()
+    tiers.add_argument(
+        "--test-tiers",
+        dest="test_tiers",
+        action="store_const",
+        const=True,
+        help="add or reset the developer test tiers (other data untouched)",
+    )
+    tiers.add_argument(
+        "--remove-test-tiers",
+        dest="test_tiers",
+        action="store_const",
+        const=False,
+        help="remove the developer test tiers",
+    )
+    parser.add_argument("--no-users", action="store_true", help="do not create demo users")
+    args = parser.parse_args(argv)
+    with database_uri(Settings()) as settings:
+        asyncio.run(seed(settings, users=not args.no_users, test_tiers=args.test_tiers))
+
+
+if __name__ == "__main__":
+    main()
