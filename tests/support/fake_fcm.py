@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 DEAD_PREFIX = "dead-"
 PROJECT_ID = "halochat-test"
+FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 _SEND_PATH = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
 
 
@@ -134,7 +135,7 @@ class FakeFcm:
                                 "status": "NOT_FOUND",
                                 "details": [
                                     {
-                                        "@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
+                                        "@type": FCM_ERROR_TYPE,
                                         "errorCode": "UNREGISTERED",
                                     }
                                 ],
