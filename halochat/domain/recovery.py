@@ -1,8 +1,11 @@
 """Start-up reconciliation of non-final sessions with the clock (DESIGN.md)."""
 
+from halochat.domain.lifecycle import recover_lifecycle
+from halochat.domain.pairing import recover_pairing
 from halochat.services import Services
 
 
 async def recover(services: Services) -> None:
-    """Filled in by the session lifecycle: reconcile every non-final session and
-    re-arm its timers."""
+    """Reconciles every non-final session and re-arms its timers; runs before serving."""
+    await recover_pairing(services)
+    await recover_lifecycle(services)

@@ -1,0 +1,31 @@
+"""Multi-step flows over the real API that many tests need (pairing a session, ...)."""
+
+from typing import Any
+
+from tests.support.clients import Actor, api
+from tests.support.server import ServerProcess
+
+
+def make_pair(server: ServerProcess, tag: str = "") -> tuple[Actor, Actor]:
+    """A fresh customer and a fresh available Mitra."""
+    customer = server.create_user("customer", f"Customer{tag}")
+    mitra = server.create_user("mitra", f"Bestie{tag}", available=True)
+    return customer, mitra
+
+
+async def open_active_session(
+    server: ServerProcess, customer: Actor, mitra: Actor, *, tier_id: str = "15m"
+) -> dict[str, Any]:
+    """Customer requests a chat for `tier_id`, `mitra` accepts it; returns the ACTIVE
+    session as the customer's GET /v1/sessions/<id> shows it."""
+    async with api(server.base_url, customer) as http:
+        created = await http.post("/v1/sessions", json={"choice": "tier", "tier_id": tier_id})
+        assert created.status_code == 201, created.text
+        session_id = created.json()["session"]["id"]
+    async with api(server.base_url, mitra) as http:
+        accepted = await http.post(f"/v1/sessions/{session_id}/accept")
+        assert accepted.status_code == 200, accepted.text
+    async with api(server.base_url, customer) as http:
+        session = (await http.get(f"/v1/sessions/{session_id}")).json()["session"]
+    assert session["state"] == "ACTIVE", session
+    return session
