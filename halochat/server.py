@@ -27,11 +27,20 @@ def database_uri(settings: Settings) -> Iterator[Settings]:
         db.stop()
 
 
+def _configure_logging() -> None:
+    """Our loggers and the scheduler's; Sanic configures its own (no duplicate lines)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("halochat", "apscheduler"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
 def serve(settings: Settings | None = None) -> None:
     settings = settings or Settings()
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _configure_logging()
     with database_uri(settings) as resolved:
         app = create_app(resolved)
         log.info("serving on http://%s:%s (OpenAPI at /docs)", resolved.host, resolved.port)
