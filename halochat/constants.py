@@ -58,10 +58,39 @@ class ChoiceKind(StrEnum):
     FREE_TRIAL = "free_trial"
 
 
+class OptionsKind(StrEnum):
+    """What GET /v1/chat/options offers: the free trial, or the tiers."""
+
+    FREE_TRIAL = "free_trial"
+    TIERS = "tiers"
+
+
+class PairingReason(StrEnum):
+    """The `reason` of pairing.failed / chat.request_withdrawn (session.end_reason: EndReason)."""
+
+    TIMEOUT = "pairing_timeout"
+    CANCELLED = "cancelled"
+    MITRA_UNAVAILABLE = "mitra_unavailable"  # withdrawn: the Mitra went unavailable
+
+
 class ExtensionStatus(StrEnum):
     PENDING = "pending"
     ACCEPTED = "accepted"
     REJECTED = "rejected"
+    LAPSED = "lapsed"  # unanswered when the grace period ran out
+
+
+class EndReason(StrEnum):
+    """session.end_reason: why the session stopped (set on entering UNMATCHED / CANCELLED /
+    EXPIRED / CLOSING; kept when it completes)."""
+
+    PAIRING_TIMEOUT = "pairing_timeout"
+    CANCELLED = "cancelled"
+    TIME_UP = "time_up"
+    ENDED_BY_CUSTOMER = "ended_by_customer"
+    ENDED_BY_MITRA = "ended_by_mitra"
+    EXTENSION_DECLINED = "extension_declined"
+    EXTENSION_REJECTED = "extension_rejected"
 
 
 class ClientFrame(StrEnum):

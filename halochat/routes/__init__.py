@@ -2,11 +2,12 @@
 
 from sanic import Blueprint
 
-from halochat.routes import admin_config, devices, health, users
+from halochat.routes import admin_config, devices, health, messages, users
 
 ROUTE_BLUEPRINTS: list[Blueprint] = [
     health.bp,
     users.bp,
     devices.bp,
     admin_config.bp,
+    messages.bp,
 ]

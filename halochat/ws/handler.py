@@ -19,7 +19,7 @@ from halochat.errors import ApiError, validation_error
 from halochat.services import Services
 from halochat.ws.hub import Connection, encode
 from halochat.ws.protocol import ClientEnvelope
-from halochat.ws.registry import HANDLERS
+from halochat.ws.registry import HANDLERS, AckThen
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,19 @@ def ack_frame(frame_id: str | None, data: dict[str, Any] | None) -> dict[str, An
     return {"type": ServerFrame.ACK.value, "id": frame_id, "data": data or {}}
 
 
+class FrameError(ApiError):
+    """An invalid frame; `frame_id` is its id when that much was readable, for the echo."""
+
+    def __init__(self, err: ApiError, frame_id: str | None) -> None:
+        super().__init__(err.status, err.code, err.message, err.details)
+        self.frame_id = frame_id
+
+
+def _readable_id(raw: dict[str, Any]) -> str | None:
+    frame_id = raw.get("id")
+    return frame_id if isinstance(frame_id, str) and 1 <= len(frame_id) <= 64 else None
+
+
 def _parse(services: Services, text: str | bytes) -> ClientEnvelope:
     if len(text) > services.settings.ws_max_frame_bytes:
         raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, "frame too large")
@@ -47,7 +60,7 @@ def _parse(services: Services, text: str | bytes) -> ClientEnvelope:
     try:
         return ClientEnvelope.model_validate(raw)
     except ValidationError as exc:
-        raise validation_error(exc) from exc
+        raise FrameError(validation_error(exc), _readable_id(raw)) from exc
 
 
 async def _authenticate_socket(services: Services, request: Request, ws: Websocket) -> User:
@@ -111,6 +124,9 @@ async def _dispatch(services: Services, conn: Connection, env: ClientEnvelope) -
     except ValidationError as exc:
         conn.send(error_frame(validation_error(exc), env.id))
         return
+    if isinstance(result, AckThen):
+        await result.run(lambda: conn.send(ack_frame(env.id, result.data)))
+        return
     conn.send(ack_frame(env.id, result))
 
 
@@ -145,6 +161,9 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
         async for text in ws:
             try:
                 env = _parse(services, text)
+            except FrameError as err:
+                conn.send(error_frame(err, err.frame_id))
+                continue
             except ApiError as err:
                 conn.send(error_frame(err, None))
                 continue

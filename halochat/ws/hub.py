@@ -38,6 +38,9 @@ class Connection:
     )
     writer: asyncio.Task[None] | None = None
     closed: bool = False
+    # session id -> first message seq this device received live; a later hello replay
+    # stops below it, so no message reaches a device twice (halochat/domain/messaging.py).
+    live_from_seq: dict[PydanticObjectId, int] = field(default_factory=dict)
 
     def start(self) -> None:
         self.writer = asyncio.create_task(self._drain(), name=f"ws-writer-{self.user_id}")
@@ -58,6 +61,20 @@ class Connection:
             self.queue.put_nowait(encode(frame))
         except asyncio.QueueFull:
             log.warning("dropping slow connection of user %s", self.user_id)
+            self.closed = True
+            asyncio.get_running_loop().create_task(self.ws.close(code=1013, reason="too slow"))
+            return False
+        return True
+
+    async def send_wait(self, frame: dict[str, Any], timeout: float = 10.0) -> bool:
+        """Enqueue with backpressure (long replays); a device that does not drain within
+        `timeout` is dropped like a slow one."""
+        if self.closed:
+            return False
+        try:
+            await asyncio.wait_for(self.queue.put(encode(frame)), timeout)
+        except TimeoutError:
+            log.warning("dropping stalled connection of user %s", self.user_id)
             self.closed = True
             asyncio.get_running_loop().create_task(self.ws.close(code=1013, reason="too slow"))
             return False

@@ -6,13 +6,26 @@ call domain functions.
 """
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from halochat.constants import ClientFrame
 from halochat.services import Services
 from halochat.ws.hub import Connection
 
-FrameHandler = Callable[[Services, Connection, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+
+@dataclass(frozen=True)
+class AckThen:
+    """A handler result for frames that must follow the ack, in order: the dispatcher calls
+    `run(send_ack)`, which sends the ack (with `data`) when it is right to, then the rest."""
+
+    data: dict[str, Any] | None
+    run: Callable[[Callable[[], None]], Awaitable[None]]
+
+
+FrameHandler = Callable[
+    [Services, Connection, dict[str, Any]], Awaitable[dict[str, Any] | AckThen | None]
+]
 
 HANDLERS: dict[ClientFrame, FrameHandler] = {}
 

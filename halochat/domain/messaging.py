@@ -1,0 +1,450 @@
+"""Chat messages (DESIGN.md "Messages"): ordered durable sends, receipts, typing, resync.
+
+Ordering: the server is one process, so an in-process asyncio.Lock per session serialises
+"retry? -> conditional $inc of last_seq (only while ACTIVE) -> insert -> deliver". Seqs are
+therefore gap-free and every device receives a session's message.new frames in seq order;
+the unique indexes (session_id, seq) and (session_id, client_msg_id) back it in the database.
+A hello replays under the same locks, so a replay never interleaves with live delivery.
+"""
+
+import asyncio
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from weakref import WeakValueDictionary
+
+from beanie import PydanticObjectId
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+
+from halochat.constants import (
+    OPEN_STATES,
+    ErrorCode,
+    PushType,
+    ReceiptKind,
+    Role,
+    ServerFrame,
+    SessionState,
+    TypingState,
+)
+from halochat.documents import ChatSession, Message, User
+from halochat.documents.common import utcnow
+from halochat.domain.access import invalid_state, load_session, session_not_found
+from halochat.errors import ApiError
+from halochat.push import Push
+from halochat.services import Services, frame
+from halochat.views import message_view, session_view
+from halochat.ws.hub import Connection
+
+PREVIEW_CHARS = 100
+REPLAY_BATCH = 500
+MAX_HELLO_SESSIONS = 500
+
+# Locks vanish with their last user (no per-session cleanup needed).
+_locks: WeakValueDictionary[PydanticObjectId, asyncio.Lock] = WeakValueDictionary()
+# (user, session) -> monotonic time of the last forwarded typing event.
+_typing_last: dict[tuple[PydanticObjectId, PydanticObjectId], float] = {}
+
+
+def session_lock(session_id: PydanticObjectId) -> asyncio.Lock:
+    lock = _locks.get(session_id)
+    if lock is None:
+        lock = _locks[session_id] = asyncio.Lock()
+    return lock
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who acts: from the HTTP user or the WebSocket connection (role from the stored user)."""
+
+    id: PydanticObjectId
+    role: Role
+
+    @classmethod
+    def of_user(cls, user: User) -> "Sender":
+        return cls(user.id, user.role)
+
+    @classmethod
+    def of_conn(cls, conn: Connection) -> "Sender":
+        return cls(conn.user_id, conn.role)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    message: Message
+    replayed: bool  # True: a retried client_msg_id, the stored message is returned
+
+
+def invalid_input(message: str, **details: Any) -> ApiError:
+    return ApiError(422, ErrorCode.VALIDATION_ERROR, message, details or None)
+
+
+def _party_filter(who: Sender) -> dict[str, Any]:
+    field = "customer_id" if who.role == Role.CUSTOMER else "mitra_id"
+    return {field: who.id}
+
+
+def _other(role: Role) -> Role:
+    return Role.MITRA if role == Role.CUSTOMER else Role.CUSTOMER
+
+
+def _now_ms() -> datetime:
+    # MongoDB keeps milliseconds: the ack must show what history will show.
+    now = utcnow()
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def preview(body: str) -> str:
+    return body if len(body) <= PREVIEW_CHARS else body[: PREVIEW_CHARS - 1] + "…"
+
+
+async def _why_refused(who: Sender, session_id: PydanticObjectId, action: str) -> ApiError:
+    """After a conditional update matched nothing: 404 for non-parties, else 409 + state."""
+    session = await load_session(session_id)
+    if session.role_of(who.id) is None:
+        return session_not_found()
+    return invalid_state(session, action)
+
+
+def _deliver(
+    services: Services,
+    session_id: PydanticObjectId,
+    seq: int,
+    data: dict[str, Any],
+    recipient_id: PydanticObjectId,
+    sender_id: PydanticObjectId,
+    push: Push,
+    origin: Connection | None,
+) -> None:
+    """Called under the session lock: frames are enqueued in seq order on every device."""
+    services.notify(recipient_id, ServerFrame.MESSAGE, data, push=push)
+    new_frame = frame(ServerFrame.MESSAGE, data)
+    for conn in services.hub.connections(sender_id):
+        if conn is not origin:  # the origin gets the ack instead
+            conn.send(new_frame)
+    # Remember the first seq each live device got live, so a later hello does not repeat it.
+    for user_id in (recipient_id, sender_id):
+        for conn in services.hub.connections(user_id):
+            conn.live_from_seq.setdefault(session_id, seq)
+
+
+async def send_message(
+    services: Services,
+    who: Sender,
+    session_id: PydanticObjectId,
+    client_msg_id: str,
+    body: str,
+    origin: Connection | None = None,
+) -> SendResult:
+    """Stores the message under the next seq, then delivers it (WS + push). Acks must only
+    be sent after this returns: the message is durable by then."""
+    body = body.strip()
+    limit = services.settings.message_max_chars
+    if not 1 <= len(body) <= limit:
+        raise invalid_input(f"body must be 1..{limit} characters after trimming", max_chars=limit)
+    if not 1 <= len(client_msg_id) <= 64:
+        raise invalid_input("client_msg_id must be 1..64 characters")
+    # Shielded: a dropped socket must not cancel a send halfway (seq taken, message unsure).
+    return await asyncio.shield(
+        _store_and_deliver(services, who, session_id, client_msg_id, body, origin)
+    )
+
+
+async def _store_and_deliver(
+    services: Services,
+    who: Sender,
+    session_id: PydanticObjectId,
+    client_msg_id: str,
+    body: str,
+    origin: Connection | None,
+) -> SendResult:
+    sessions = ChatSession.get_pymongo_collection()
+    messages = Message.get_pymongo_collection()
+    async with session_lock(session_id):
+        raw = await messages.find_one({"session_id": session_id, "client_msg_id": client_msg_id})
+        if raw is not None:
+            return await _retried(who, session_id, Message.model_validate(raw))
+        updated = await sessions.find_one_and_update(
+            {"_id": session_id, "state": SessionState.ACTIVE.value, **_party_filter(who)},
+            {"$inc": {"last_seq": 1}},
+            projection={
+                "last_seq": 1,
+                "customer_id": 1,
+                "mitra_id": 1,
+                "customer_name": 1,
+                "mitra_name": 1,
+            },
+            return_document=ReturnDocument.AFTER,
+        )
+        if updated is None:
+            raise await _why_refused(who, session_id, "send messages")
+        seq: int = updated["last_seq"]
+        doc = {
+            "_id": PydanticObjectId(),
+            "session_id": session_id,
+            "seq": seq,
+            "sender_id": who.id,
+            "sender_role": who.role.value,
+            "client_msg_id": client_msg_id,
+            "body": body,
+            "created_at": _now_ms(),
+        }
+        try:
+            await messages.insert_one(doc)
+        except Exception:
+            # Unless it was stored after all, give the seq back (we still hold the lock:
+            # nobody took the next one), so seqs stay gap-free.
+            if await messages.find_one({"session_id": session_id, "seq": seq}) is None:
+                await sessions.update_one(
+                    {"_id": session_id, "last_seq": seq}, {"$inc": {"last_seq": -1}}
+                )
+            raise
+        message = Message.model_validate(doc)
+        recipient_role = _other(who.role)
+        recipient_id = updated[f"{recipient_role.value}_id"]
+        sender_name = updated.get(f"{who.role.value}_name") or ""
+        push = Push(
+            type=PushType.CHAT_MESSAGE,
+            session_id=str(session_id),
+            title=sender_name,
+            body=preview(body),
+            data={
+                "sender_id": str(who.id),
+                "sender_name": sender_name,
+                "sender_role": who.role.value,
+                # Same deep-link keys as every other push (docs/push.md "Common fields").
+                "other_id": str(who.id),
+                "other_name": sender_name,
+                "other_role": who.role.value,
+                "seq": seq,
+                "message_id": str(message.id),
+            },
+        )
+        data = {"session_id": str(session_id), "message": message_view(message)}
+        _deliver(services, session_id, seq, data, recipient_id, who.id, push, origin)
+        return SendResult(message, replayed=False)
+
+
+async def _retried(who: Sender, session_id: PydanticObjectId, stored: Message) -> SendResult:
+    if stored.sender_id == who.id:
+        return SendResult(stored, replayed=True)
+    session = await load_session(session_id)
+    if session.role_of(who.id) is None:
+        raise session_not_found()
+    raise ApiError(
+        409, ErrorCode.DUPLICATE, "client_msg_id already used in this session by the other party"
+    )
+
+
+async def history(
+    who: Sender,
+    session_id: PydanticObjectId,
+    *,
+    after_seq: int | None,
+    before_seq: int | None,
+    limit: int,
+) -> tuple[ChatSession, list[Message], bool]:
+    """A chronological page. With after_seq: the first `limit` messages after it (has_more:
+    newer ones exist); otherwise the last `limit` before before_seq (or the newest; has_more:
+    older ones exist)."""
+    session = await _party_session(who, session_id)
+    query: dict[str, Any] = {"session_id": session_id}
+    seq_range: dict[str, int] = {}
+    if after_seq is not None:
+        seq_range["$gt"] = after_seq
+    if before_seq is not None:
+        seq_range["$lt"] = before_seq
+    if seq_range:
+        query["seq"] = seq_range
+    forward = after_seq is not None
+    cursor = (
+        Message.get_pymongo_collection()
+        .find(query)
+        .sort("seq", ASCENDING if forward else DESCENDING)
+        .limit(limit + 1)
+    )
+    docs = await cursor.to_list(None)
+    has_more = len(docs) > limit
+    docs = docs[:limit]
+    if not forward:
+        docs.reverse()
+    return session, [Message.model_validate(d) for d in docs], has_more
+
+
+async def _party_session(who: Sender, session_id: PydanticObjectId) -> ChatSession:
+    session = await load_session(session_id)
+    if session.role_of(who.id) is None:
+        raise session_not_found()
+    return session
+
+
+async def receipt(
+    services: Services,
+    who: Sender,
+    session_id: PydanticObjectId,
+    kind: ReceiptKind,
+    seq: int,
+    origin: Connection | None = None,
+) -> dict[str, Any]:
+    """Moves the caller's delivered/read watermark forward ($max; read implies delivered)
+    and tells the other party (and the caller's other devices) when it moved."""
+    if seq < 1:
+        raise invalid_input("seq must be >= 1")
+    base = f"watermarks.{who.role.value}"
+    marks = {f"{base}.delivered": seq}
+    if kind == ReceiptKind.READ:
+        marks[f"{base}.read"] = seq
+    before = await ChatSession.get_pymongo_collection().find_one_and_update(
+        {
+            "_id": session_id,
+            "state": {"$ne": SessionState.PAIRING.value},
+            "last_seq": {"$gte": seq},
+            **_party_filter(who),
+        },
+        {"$max": marks},
+        projection={"watermarks": 1, "customer_id": 1, "mitra_id": 1},
+        return_document=ReturnDocument.BEFORE,
+    )
+    if before is None:
+        session = await _party_session(who, session_id)
+        if session.state == SessionState.PAIRING:
+            raise invalid_state(session, "send receipts")
+        raise invalid_input("seq is beyond the session's last message", last_seq=session.last_seq)
+    old = (before.get("watermarks") or {}).get(who.role.value) or {}
+    old_delivered, old_read = old.get("delivered", 0), old.get("read", 0)
+    delivered = max(old_delivered, seq)
+    read = max(old_read, seq) if kind == ReceiptKind.READ else old_read
+    data = {
+        "session_id": str(session_id),
+        "by_role": who.role.value,
+        "delivered": delivered,
+        "read": read,
+    }
+    if (delivered, read) != (old_delivered, old_read):
+        other_id = before.get(f"{_other(who.role).value}_id")
+        services.notify(other_id, ServerFrame.RECEIPT, data)
+        for conn in services.hub.connections(who.id):
+            if conn is not origin:
+                conn.send(frame(ServerFrame.RECEIPT, data))
+    return data
+
+
+async def typing(
+    services: Services, who: Sender, session_id: PydanticObjectId, state: TypingState
+) -> bool:
+    """Forwards a typing event to the other party (never stored); at most one per
+    typing_min_interval_seconds per user and session. Returns whether it was forwarded."""
+    session = await _party_session(who, session_id)
+    if session.state != SessionState.ACTIVE:
+        raise invalid_state(session, "type")
+    key = (who.id, session_id)
+    now = time.monotonic()
+    interval = services.settings.typing_min_interval_seconds
+    last = _typing_last.get(key)
+    if last is not None and now - last < interval:
+        return False
+    _typing_last[key] = now
+    if len(_typing_last) > 10_000:  # forget stale entries now and then
+        for k in [k for k, t in _typing_last.items() if now - t >= interval]:
+            del _typing_last[k]
+    other_id, _ = session.other_party(who.role)
+    services.notify(
+        other_id,
+        ServerFrame.TYPING,
+        {
+            "session_id": str(session_id),
+            "user_id": str(who.id),
+            "role": who.role.value,
+            "state": state.value,
+        },
+    )
+    return True
+
+
+@dataclass
+class HelloPlan:
+    """A parsed hello: the sessions to replay (id -> last_seq) and per-id errors."""
+
+    wanted: dict[PydanticObjectId, int]
+    errors: list[dict[str, Any]]
+
+
+def _session_error(raw_id: str, err: ApiError) -> dict[str, Any]:
+    return {"session_id": raw_id, **err.to_dict()}
+
+
+def plan_hello(sessions: dict[str, int]) -> HelloPlan:
+    if len(sessions) > MAX_HELLO_SESSIONS:
+        raise invalid_input(f"at most {MAX_HELLO_SESSIONS} sessions per hello")
+    wanted: dict[PydanticObjectId, int] = {}
+    errors: list[dict[str, Any]] = []
+    for raw_id, last_seq in sessions.items():
+        try:
+            wanted[PydanticObjectId(raw_id)] = last_seq
+        except Exception:
+            errors.append(_session_error(raw_id, session_not_found()))
+    return HelloPlan(wanted, errors)
+
+
+async def resync(conn: Connection, plan: HelloPlan, send_ack: Callable[[], None]) -> None:
+    """hello: ack, `sync` (open + listed sessions, watermarks, errors), then each listed
+    session's missed messages in seq order. The listed sessions' locks are held throughout,
+    so no live message for them can slip in between (or be sent twice)."""
+    who = Sender.of_conn(conn)
+    async with AsyncExitStack() as stack:
+        for session_id in sorted(plan.wanted):  # one global order: no deadlock
+            await stack.enter_async_context(session_lock(session_id))
+        send_ack()
+        listed = await ChatSession.find({"_id": {"$in": list(plan.wanted)}}).to_list()
+        found = {s.id: s for s in listed if s.role_of(who.id) is not None}
+        errors = list(plan.errors)
+        for session_id in plan.wanted:
+            if session_id not in found:
+                errors.append(_session_error(str(session_id), session_not_found()))
+        party = {"customer_id" if who.role == Role.CUSTOMER else "mitra_id": who.id}
+        open_sessions = await ChatSession.find(
+            {**party, "state": {"$in": [s.value for s in OPEN_STATES]}}
+        ).to_list()
+        views: dict[PydanticObjectId, ChatSession] = {s.id: s for s in open_sessions}
+        views.update(found)
+        conn.send(
+            frame(
+                ServerFrame.SYNC,
+                {
+                    "sessions": [session_view(s, who.role) for s in views.values()],
+                    "errors": errors,
+                },
+            )
+        )
+        for session_id, session in found.items():
+            await _replay(conn, session, plan.wanted[session_id])
+
+
+async def _replay(conn: Connection, session: ChatSession, last_seq: int) -> None:
+    # Messages this device already got live (since it connected) are not repeated.
+    upto = min(conn.live_from_seq.get(session.id, session.last_seq + 1) - 1, session.last_seq)
+    after = last_seq
+    while after < upto:
+        docs = await _messages_between(session.id, after, upto)
+        if not docs:
+            return
+        for doc in docs:
+            message = Message.model_validate(doc)
+            data = {"session_id": str(session.id), "message": message_view(message)}
+            if not await conn.send_wait(frame(ServerFrame.MESSAGE, data)):
+                return
+        after = docs[-1]["seq"]
+
+
+async def _messages_between(
+    session_id: PydanticObjectId, after: int, upto: int
+) -> list[dict[str, Any]]:
+    cursor = (
+        Message.get_pymongo_collection()
+        .find({"session_id": session_id, "seq": {"$gt": after, "$lte": upto}})
+        .sort("seq", ASCENDING)
+        .limit(REPLAY_BATCH)
+    )
+    return await cursor.to_list(None)

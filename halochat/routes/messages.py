@@ -1,0 +1,102 @@
+"""Chat over HTTP (fallback for the WebSocket, and history): messages and receipts."""
+
+from beanie import PydanticObjectId
+from pydantic import BaseModel, ConfigDict, Field
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse
+from sanic_ext import openapi
+
+from halochat.auth import authenticated
+from halochat.constants import ErrorCode, ReceiptKind, Role
+from halochat.domain import messaging
+from halochat.domain.messaging import Sender
+from halochat.routes.common import json_response, object_id, parse_body, parse_query
+from halochat.views import message_view
+
+bp = Blueprint("messages", url_prefix="/v1/sessions")
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    client_msg_id: str = Field(min_length=1, max_length=64)
+    body: str  # 1..message_max_chars after trimming (checked in the domain)
+
+
+class ReceiptIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: ReceiptKind
+    seq: int = Field(strict=True, ge=1)
+
+
+class HistoryQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    after_seq: int | None = Field(default=None, ge=0)
+    before_seq: int | None = Field(default=None, ge=1)
+    limit: int | None = Field(default=None, ge=1)
+
+
+def _session_id(value: str) -> PydanticObjectId:
+    return object_id(value, ErrorCode.SESSION_NOT_FOUND, "session")
+
+
+@bp.get("/<session_id:str>/messages")
+@openapi.summary("Messages of a session by seq range, chronological (status as the sender sees)")
+@openapi.parameter("after_seq", int)
+@openapi.parameter("before_seq", int)
+@openapi.parameter("limit", int)
+@openapi.secured("bearer")
+@authenticated(Role.CUSTOMER, Role.MITRA)
+async def list_messages(request: Request, session_id: str) -> HTTPResponse:
+    query = parse_query(request, HistoryQuery)
+    settings = request.app.ctx.services.settings
+    limit = min(query.limit or settings.history_default_limit, settings.history_max_limit)
+    session, messages, has_more = await messaging.history(
+        Sender.of_user(request.ctx.user),
+        _session_id(session_id),
+        after_seq=query.after_seq,
+        before_seq=query.before_seq,
+        limit=limit,
+    )
+    return json_response(
+        {"messages": [message_view(m, session) for m in messages], "has_more": has_more}
+    )
+
+
+@bp.post("/<session_id:str>/messages")
+@openapi.summary("Send a message (same rules as the WebSocket message.send)")
+@openapi.body({"application/json": MessageIn})
+@openapi.secured("bearer")
+@authenticated(Role.CUSTOMER, Role.MITRA)
+async def send_message(request: Request, session_id: str) -> HTTPResponse:
+    body = parse_body(request, MessageIn)
+    result = await messaging.send_message(
+        request.app.ctx.services,
+        Sender.of_user(request.ctx.user),
+        _session_id(session_id),
+        body.client_msg_id,
+        body.body,
+    )
+    return json_response(
+        {"message": message_view(result.message), "replayed": result.replayed},
+        status=200 if result.replayed else 201,
+    )
+
+
+@bp.post("/<session_id:str>/receipts")
+@openapi.summary("Move this party's delivered/read watermark forward")
+@openapi.body({"application/json": ReceiptIn})
+@openapi.secured("bearer")
+@authenticated(Role.CUSTOMER, Role.MITRA)
+async def post_receipt(request: Request, session_id: str) -> HTTPResponse:
+    body = parse_body(request, ReceiptIn)
+    data = await messaging.receipt(
+        request.app.ctx.services,
+        Sender.of_user(request.ctx.user),
+        _session_id(session_id),
+        body.kind,
+        body.seq,
+    )
+    return json_response({"receipt": data})
