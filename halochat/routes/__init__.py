@@ -2,12 +2,13 @@
 
 from sanic import Blueprint
 
-from halochat.routes import admin_config, devices, health, messages, users
+from halochat.routes import admin_config, devices, health, messages, pairing, users
 
 ROUTE_BLUEPRINTS: list[Blueprint] = [
     health.bp,
     users.bp,
     devices.bp,
     admin_config.bp,
+    pairing.bp,
     messages.bp,
 ]
