@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None) -> Sanic:
         services.timers.shutdown()
         await services.hub.close_all()
         await services.push.drain()
-        services.push.close()
+        await services.push.aclose()
         await services.client.close()
 
     return app

@@ -1,5 +1,6 @@
 """One error shape for every 4xx/5xx: {"error": {"code": ..., "message": ..., "details"?: ...}}."""
 
+import asyncio
 import logging
 from typing import Any
 
@@ -98,7 +99,11 @@ class JsonErrorHandler(ErrorHandler):
             status = exception.status_code
             code = _SANIC_STATUS_CODES.get(status, ErrorCode.BAD_REQUEST)
             return error_response(ApiError(status, code, str(exception) or code.value))
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        if isinstance(exception, asyncio.CancelledError):
+            # The client went away mid-request (Sanic cancels the handler): nobody to answer.
+            log.debug("request cancelled: %s %s", request.method, request.path)
+        else:
+            log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(ApiError(500, ErrorCode.INTERNAL, "internal server error"))
 
 

@@ -125,7 +125,13 @@ class PushService:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def close(self) -> None:
-        if self._app is not None:
-            firebase_admin.delete_app(self._app)
-            self._app = None
+    async def aclose(self) -> None:
+        app, self._app = self._app, None
+        if app is None:
+            return
+        # firebase-admin's messaging service closes its httpx client with asyncio.run(),
+        # which fails inside our running loop; close it here and make that a no-op.
+        service = messaging._get_messaging_service(app)
+        await service._async_client.aclose()
+        service.close = lambda: None
+        firebase_admin.delete_app(app)

@@ -93,7 +93,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.log_tail()}")
             try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=1.0).status_code == 200:
+                if httpx.get(f"{self.base_url}/readyz", timeout=5.0).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
