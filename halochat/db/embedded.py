@@ -1,5 +1,7 @@
 """The embedded default database: a MongoDB-wire server (mongoeco on SQLite) on loopback.
 
+See docs/embedded-db.md; the storage engine is halochat.db.mongoeco_flat's flat-cost variant.
+
 Used when MONGODB_URI is unset. It runs in a child process so the app talks to it exactly as
 to a real MongoDB (same pymongo.AsyncMongoClient, same URI form), and so its CPU work never
 blocks the app's event loop. The child exits when its parent dies (it watches its stdin).
@@ -15,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -29,6 +32,7 @@ STATE_FILE = "server.json"
 DB_FILE = "halochat.sqlite3"
 READY_PREFIX = "READY "
 START_TIMEOUT = 60.0
+log = logging.getLogger(__name__)
 
 
 def _uri(host: str, port: int) -> str:
@@ -133,9 +137,23 @@ class EmbeddedMongo:
 
 
 def make_engine(path: Path) -> object:
-    """The storage engine behind the wire server (see docs/embedded-db.md)."""
+    """The storage engine behind the wire server: mongoeco's SQLiteEngine, with the
+    flat-cost fixes of halochat.db.mongoeco_flat when the installed mongoeco is the version
+    they were written for (see docs/embedded-db.md)."""
+    from mongoeco import __version__ as installed
     from mongoeco.engines.sqlite import SQLiteEngine
 
+    try:
+        from halochat.db import mongoeco_flat
+    except ImportError:  # mongoeco internals moved: another version
+        mongoeco_flat = None
+    if mongoeco_flat is not None and mongoeco_flat.patch_applies():
+        return mongoeco_flat.FlatCostSQLiteEngine(str(path))
+    log.warning(
+        "mongoeco %s is not the version halochat.db.mongoeco_flat was written for: "
+        "the embedded database will slow down as data grows",
+        installed,
+    )
     return SQLiteEngine(str(path))
 
 
