@@ -18,6 +18,7 @@ from weakref import WeakValueDictionary
 
 from beanie import PydanticObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.errors import DuplicateKeyError
 
 from halochat.constants import (
     OPEN_STATES,
@@ -43,16 +44,43 @@ REPLAY_BATCH = 500
 MAX_HELLO_SESSIONS = 500
 
 # Locks vanish with their last user (no per-session cleanup needed).
-_locks: WeakValueDictionary[PydanticObjectId, asyncio.Lock] = WeakValueDictionary()
+_locks: WeakValueDictionary[PydanticObjectId, "SessionLock"] = WeakValueDictionary()
 # (user, session) -> monotonic time of the last forwarded typing event.
 _typing_last: dict[tuple[PydanticObjectId, PydanticObjectId], float] = {}
 
 
-def session_lock(session_id: PydanticObjectId) -> asyncio.Lock:
+class SessionLock(asyncio.Lock):
+    # False until this process has checked the session's last_seq against its stored
+    # messages (see _repair_seq); a recreated lock simply checks again.
+    seq_checked: bool = False
+
+
+def session_lock(session_id: PydanticObjectId) -> SessionLock:
     lock = _locks.get(session_id)
     if lock is None:
-        lock = _locks[session_id] = asyncio.Lock()
+        lock = _locks[session_id] = SessionLock()
     return lock
+
+
+async def _repair_seq(session_id: PydanticObjectId) -> None:
+    """A crash between the $inc of last_seq and the insert leaves last_seq ahead of the
+    stored messages. Lowering it back (under the session lock) keeps seqs gap-free."""
+    last = await Message.get_pymongo_collection().find_one(
+        {"session_id": session_id}, projection={"seq": 1}, sort=[("seq", DESCENDING)]
+    )
+    stored = last["seq"] if last else 0
+    await ChatSession.get_pymongo_collection().update_one(
+        {"_id": session_id, "last_seq": {"$gt": stored}}, {"$set": {"last_seq": stored}}
+    )
+
+
+async def recover_messaging(open_session_ids: list[PydanticObjectId]) -> None:
+    """Start-up: repair last_seq of the open sessions a crash may have left ahead."""
+    for session_id in open_session_ids:
+        lock = session_lock(session_id)
+        async with lock:
+            await _repair_seq(session_id)
+            lock.seq_checked = True
 
 
 @dataclass(frozen=True)
@@ -162,10 +190,13 @@ async def _store_and_deliver(
 ) -> SendResult:
     sessions = ChatSession.get_pymongo_collection()
     messages = Message.get_pymongo_collection()
-    async with session_lock(session_id):
-        raw = await messages.find_one({"session_id": session_id, "client_msg_id": client_msg_id})
-        if raw is not None:
-            return await _retried(who, session_id, Message.model_validate(raw))
+    lock = session_lock(session_id)
+    async with lock:
+        if not lock.seq_checked:
+            await _repair_seq(session_id)
+            lock.seq_checked = True
+        # Two round trips per send: the conditional $inc (state and party checked in the
+        # same update) and the insert; a retried client_msg_id is caught by its unique index.
         updated = await sessions.find_one_and_update(
             {"_id": session_id, "state": SessionState.ACTIVE.value, **_party_filter(who)},
             {"$inc": {"last_seq": 1}},
@@ -179,6 +210,9 @@ async def _store_and_deliver(
             return_document=ReturnDocument.AFTER,
         )
         if updated is None:
+            # A retry of a message stored before the session left ACTIVE still gets its ack.
+            if stored := await _stored(session_id, client_msg_id):
+                return await _retried(who, session_id, stored)
             raise await _why_refused(who, session_id, "send messages")
         seq: int = updated["last_seq"]
         doc = {
@@ -193,13 +227,17 @@ async def _store_and_deliver(
         }
         try:
             await messages.insert_one(doc)
-        except Exception:
+        except Exception as exc:
             # Unless it was stored after all, give the seq back (we still hold the lock:
             # nobody took the next one), so seqs stay gap-free.
             if await messages.find_one({"session_id": session_id, "seq": seq}) is None:
                 await sessions.update_one(
                     {"_id": session_id, "last_seq": seq}, {"$inc": {"last_seq": -1}}
                 )
+            if isinstance(exc, DuplicateKeyError) and (
+                stored := await _stored(session_id, client_msg_id)
+            ):
+                return await _retried(who, session_id, stored)
             raise
         message = Message.model_validate(doc)
         recipient_role = _other(who.role)
@@ -225,6 +263,13 @@ async def _store_and_deliver(
         data = {"session_id": str(session_id), "message": message_view(message)}
         _deliver(services, session_id, seq, data, recipient_id, who.id, push, origin)
         return SendResult(message, replayed=False)
+
+
+async def _stored(session_id: PydanticObjectId, client_msg_id: str) -> Message | None:
+    raw = await Message.get_pymongo_collection().find_one(
+        {"session_id": session_id, "client_msg_id": client_msg_id}
+    )
+    return None if raw is None else Message.model_validate(raw)
 
 
 async def _retried(who: Sender, session_id: PydanticObjectId, stored: Message) -> SendResult:
