@@ -2,7 +2,15 @@
 
 from sanic import Blueprint
 
-from halochat.routes import admin_config, devices, health, messages, pairing, users
+from halochat.routes import (
+    admin_config,
+    devices,
+    health,
+    lifecycle,
+    messages,
+    pairing,
+    users,
+)
 
 ROUTE_BLUEPRINTS: list[Blueprint] = [
     health.bp,
@@ -10,5 +18,6 @@ ROUTE_BLUEPRINTS: list[Blueprint] = [
     devices.bp,
     admin_config.bp,
     pairing.bp,
+    lifecycle.bp,
     messages.bp,
 ]

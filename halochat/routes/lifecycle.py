@@ -1,0 +1,113 @@
+"""Lifecycle over HTTP: extension request / answer / decline, end early, closing message.
+
+Every endpoint answers {"session": {...}} as the caller sees it (docs/lifecycle.md)."""
+
+from beanie import PydanticObjectId
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse
+from sanic_ext import openapi
+
+from halochat.auth import authenticated
+from halochat.constants import ErrorCode, Role
+from halochat.domain import lifecycle, pairing
+from halochat.routes.common import json_response, object_id, parse_body
+from halochat.views import session_view
+
+bp = Blueprint("lifecycle", url_prefix="/v1/sessions")
+
+PARTIES = (Role.CUSTOMER, Role.MITRA)
+
+
+class ExtensionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tier_id: str = Field(min_length=1, max_length=64)
+
+
+class ExtensionAnswerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    extension_id: str = Field(min_length=1, max_length=64)
+    accept: StrictBool
+
+
+class ClosureIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # The 1..closure_max_chars rule (after trimming) is checked by the domain.
+    text: str
+
+
+def _sid(value: str) -> PydanticObjectId:
+    return object_id(value, ErrorCode.SESSION_NOT_FOUND, "session")
+
+
+@bp.post("/<session_id:str>/extension")
+@openapi.summary("Ask to extend an EXPIRED session with a tier (customer)")
+@openapi.body({"application/json": ExtensionIn})
+@openapi.secured("bearer")
+@authenticated(*PARTIES)
+async def request_extension(request: Request, session_id: str) -> HTTPResponse:
+    body = parse_body(request, ExtensionIn)
+    session = await lifecycle.request_extension(
+        request.app.ctx.services, request.ctx.user, _sid(session_id), body.tier_id
+    )
+    assert session.extension is not None
+    return json_response(
+        {
+            "session": session_view(session, Role.CUSTOMER),
+            "extension": session.extension.model_dump(mode="json"),
+        }
+    )
+
+
+@bp.post("/<session_id:str>/extension/answer")
+@openapi.summary("Accept or reject the pending extension request (Mitra)")
+@openapi.body({"application/json": ExtensionAnswerIn})
+@openapi.secured("bearer")
+@authenticated(*PARTIES)
+async def answer_extension(request: Request, session_id: str) -> HTTPResponse:
+    body = parse_body(request, ExtensionAnswerIn)
+    session, txn = await lifecycle.answer_extension(
+        request.app.ctx.services, request.ctx.user, _sid(session_id), body.extension_id, body.accept
+    )
+    result: dict[str, object] = {"session": session_view(session, Role.MITRA)}
+    if txn is not None:
+        result["transaction"] = pairing.transaction_view(txn)
+    return json_response(result)
+
+
+@bp.post("/<session_id:str>/extension/decline")
+@openapi.summary("Do not extend an EXPIRED session: it moves to CLOSING (customer)")
+@openapi.secured("bearer")
+@authenticated(*PARTIES)
+async def decline_extension(request: Request, session_id: str) -> HTTPResponse:
+    session = await lifecycle.decline_extension(
+        request.app.ctx.services, request.ctx.user, _sid(session_id)
+    )
+    return json_response({"session": session_view(session, Role.CUSTOMER)})
+
+
+@bp.post("/<session_id:str>/end")
+@openapi.summary("End an ACTIVE session early: it moves to CLOSING (either party)")
+@openapi.secured("bearer")
+@authenticated(*PARTIES)
+async def end_session(request: Request, session_id: str) -> HTTPResponse:
+    user = request.ctx.user
+    session = await lifecycle.end_early(request.app.ctx.services, user, _sid(session_id))
+    return json_response({"session": session_view(session, session.role_of(user.id))})
+
+
+@bp.post("/<session_id:str>/closure")
+@openapi.summary("Write this party's closing message (once, in CLOSING)")
+@openapi.body({"application/json": ClosureIn})
+@openapi.secured("bearer")
+@authenticated(*PARTIES)
+async def submit_closure(request: Request, session_id: str) -> HTTPResponse:
+    body = parse_body(request, ClosureIn)
+    user = request.ctx.user
+    session = await lifecycle.submit_closure(
+        request.app.ctx.services, user, _sid(session_id), body.text
+    )
+    return json_response({"session": session_view(session, session.role_of(user.id))})
