@@ -5,6 +5,7 @@ import logging
 from typing import Any
 
 from pydantic import ValidationError
+from pymongo.errors import DuplicateKeyError
 from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.handlers import ErrorHandler
@@ -71,6 +72,13 @@ def validation_error(exc: ValidationError) -> ApiError:
     )
 
 
+def duplicate_key(exc: DuplicateKeyError) -> ApiError:
+    """A unique index refused a write that domain code did not expect to collide: the
+    request conflicts with stored data (409); the refused write stored nothing."""
+    fields = sorted((exc.details or {}).get("keyPattern") or {})
+    return conflict("conflicts with existing data", ErrorCode.DUPLICATE, {"fields": fields})
+
+
 _SANIC_STATUS_CODES: dict[int, ErrorCode] = {
     400: ErrorCode.BAD_REQUEST,
     401: ErrorCode.AUTH_REQUIRED,
@@ -95,6 +103,8 @@ class JsonErrorHandler(ErrorHandler):
             return error_response(exception)
         if isinstance(exception, ValidationError):
             return error_response(validation_error(exception))
+        if isinstance(exception, DuplicateKeyError):
+            return error_response(duplicate_key(exception))
         if isinstance(exception, SanicException) and exception.status_code < 500:
             status = exception.status_code
             code = _SANIC_STATUS_CODES.get(status, ErrorCode.BAD_REQUEST)

@@ -10,12 +10,13 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
+from pymongo.errors import DuplicateKeyError
 from sanic import Request, Websocket
 
 from halochat.auth import authenticate, bearer_token
 from halochat.constants import AppState, ClientFrame, ErrorCode, ServerFrame
 from halochat.documents import User
-from halochat.errors import ApiError, validation_error
+from halochat.errors import ApiError, duplicate_key, validation_error
 from halochat.services import Services
 from halochat.ws.hub import Connection, encode
 from halochat.ws.protocol import ClientEnvelope
@@ -169,6 +170,8 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
                 continue
             try:
                 await _dispatch(services, conn, env)
+            except DuplicateKeyError as exc:  # as over HTTP (halochat/errors.py)
+                conn.send(error_frame(duplicate_key(exc), env.id))
             except Exception:  # never drop a connection for one bad frame
                 log.exception("frame handler crashed (%s)", env.type)
                 conn.send(error_frame(ApiError(500, ErrorCode.INTERNAL, "internal error"), env.id))
