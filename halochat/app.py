@@ -2,8 +2,8 @@
 
 import logging
 
-from sanic import Sanic
-from sanic_ext import Extend
+from sanic import Blueprint, Sanic
+from sanic_ext import Extend, openapi
 
 import halochat.ws.frames  # noqa: F401  (registers the frame handlers)
 from halochat.config import Settings
@@ -46,7 +46,11 @@ def create_app(settings: Settings | None = None) -> Sanic:
 
     for bp in ROUTE_BLUEPRINTS:
         app.blueprint(bp)
-    app.add_websocket_route(websocket_endpoint, "/ws")
+    # The WebSocket is documented in docs/protocol.md, not as an HTTP operation.
+    ws_bp = Blueprint("ws")
+    ws_bp.add_websocket_route(websocket_endpoint, "/ws")
+    app.blueprint(ws_bp)
+    openapi.exclude(bp=ws_bp)
 
     @app.before_server_start
     async def start_services(app: Sanic) -> None:

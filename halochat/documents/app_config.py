@@ -1,7 +1,7 @@
 from datetime import datetime
 
 from beanie import Document
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator
 from pymongo import ASCENDING, IndexModel
 
 from halochat.documents.common import utcnow
@@ -27,12 +27,14 @@ class ConfigValues(BaseModel):
     free_trial_minutes: int = Field(default=5, gt=0, le=24 * 60)
     pairing_timeout_seconds: int = Field(default=120, gt=0, le=3600)
 
-    @model_validator(mode="after")
-    def _unique_tier_ids(self) -> "ConfigValues":
-        ids = [t.id for t in self.tiers]
-        if len(ids) != len(set(ids)):
-            raise ValueError("tier ids must be unique")
-        return self
+    @field_validator("tiers")
+    @classmethod
+    def _unique_tier_ids(cls, tiers: list[Tier]) -> list[Tier]:
+        # A field validator, so the 422 names the field ("tiers").
+        ids = [t.id for t in tiers]
+        if dupes := sorted({i for i in ids if ids.count(i) > 1}):
+            raise ValueError(f"tier ids must be unique (repeated: {', '.join(dupes)})")
+        return tiers
 
 
 class AppConfig(Document, ConfigValues):

@@ -113,4 +113,5 @@ class ChatSession(Document):
             IndexModel([("customer_id", ASCENDING), ("completed_at", DESCENDING)]),
             IndexModel([("mitra_id", ASCENDING), ("completed_at", DESCENDING)]),
             IndexModel([("completed_at", ASCENDING)]),
+            IndexModel([("created_at", ASCENDING)]),  # export date filters
         ]

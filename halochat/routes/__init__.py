@@ -6,6 +6,7 @@ from halochat.routes import (
     admin_config,
     devices,
     health,
+    history,
     lifecycle,
     messages,
     pairing,
@@ -20,4 +21,5 @@ ROUTE_BLUEPRINTS: list[Blueprint] = [
     pairing.bp,
     lifecycle.bp,
     messages.bp,
+    history.bp,
 ]

@@ -8,6 +8,7 @@ from halochat.constants import Role
 from halochat.documents import ConfigValues
 from halochat.domain.app_config import replace_config, require_config
 from halochat.routes.common import json_response, parse_body
+from halochat.routes.openapi_docs import json_body
 from halochat.views import config_view
 
 bp = Blueprint("admin_config", url_prefix="/v1/admin/config")
@@ -28,7 +29,7 @@ async def read_config(request: Request) -> HTTPResponse:
 
 @bp.put("/")
 @openapi.summary("Replace the Control Center configuration (admin); applies at once")
-@openapi.body({"application/json": ConfigIn})
+@json_body(ConfigIn)
 @openapi.secured("bearer")
 @authenticated(Role.ADMIN)
 async def write_config(request: Request) -> HTTPResponse:

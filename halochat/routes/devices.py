@@ -10,6 +10,7 @@ from halochat.documents import Device
 from halochat.documents.common import utcnow
 from halochat.errors import not_found
 from halochat.routes.common import json_response, parse_body
+from halochat.routes.openapi_docs import json_body
 
 bp = Blueprint("devices", url_prefix="/v1/devices")
 
@@ -34,7 +35,7 @@ def device_view(device: Device) -> dict[str, object]:
 
 @bp.put("/")
 @openapi.summary("Register (or refresh) this device's FCM token")
-@openapi.body({"application/json": DeviceIn})
+@json_body(DeviceIn)
 @openapi.secured("bearer")
 @authenticated()
 async def register_device(request: Request) -> HTTPResponse:

@@ -12,6 +12,7 @@ from halochat.auth import authenticated
 from halochat.constants import ErrorCode, Role
 from halochat.domain import lifecycle, pairing
 from halochat.routes.common import json_response, object_id, parse_body
+from halochat.routes.openapi_docs import json_body
 from halochat.views import session_view
 
 bp = Blueprint("lifecycle", url_prefix="/v1/sessions")
@@ -45,7 +46,7 @@ def _sid(value: str) -> PydanticObjectId:
 
 @bp.post("/<session_id:str>/extension")
 @openapi.summary("Ask to extend an EXPIRED session with a tier (customer)")
-@openapi.body({"application/json": ExtensionIn})
+@json_body(ExtensionIn)
 @openapi.secured("bearer")
 @authenticated(*PARTIES)
 async def request_extension(request: Request, session_id: str) -> HTTPResponse:
@@ -64,7 +65,7 @@ async def request_extension(request: Request, session_id: str) -> HTTPResponse:
 
 @bp.post("/<session_id:str>/extension/answer")
 @openapi.summary("Accept or reject the pending extension request (Mitra)")
-@openapi.body({"application/json": ExtensionAnswerIn})
+@json_body(ExtensionAnswerIn)
 @openapi.secured("bearer")
 @authenticated(*PARTIES)
 async def answer_extension(request: Request, session_id: str) -> HTTPResponse:
@@ -101,7 +102,7 @@ async def end_session(request: Request, session_id: str) -> HTTPResponse:
 
 @bp.post("/<session_id:str>/closure")
 @openapi.summary("Write this party's closing message (once, in CLOSING)")
-@openapi.body({"application/json": ClosureIn})
+@json_body(ClosureIn)
 @openapi.secured("bearer")
 @authenticated(*PARTIES)
 async def submit_closure(request: Request, session_id: str) -> HTTPResponse:

@@ -11,6 +11,7 @@ from halochat.constants import ErrorCode, ReceiptKind, Role
 from halochat.domain import messaging
 from halochat.domain.messaging import Sender
 from halochat.routes.common import json_response, object_id, parse_body, parse_query
+from halochat.routes.openapi_docs import json_body
 from halochat.views import message_view
 
 bp = Blueprint("messages", url_prefix="/v1/sessions")
@@ -67,7 +68,7 @@ async def list_messages(request: Request, session_id: str) -> HTTPResponse:
 
 @bp.post("/<session_id:str>/messages")
 @openapi.summary("Send a message (same rules as the WebSocket message.send)")
-@openapi.body({"application/json": MessageIn})
+@json_body(MessageIn)
 @openapi.secured("bearer")
 @authenticated(Role.CUSTOMER, Role.MITRA)
 async def send_message(request: Request, session_id: str) -> HTTPResponse:
@@ -87,7 +88,7 @@ async def send_message(request: Request, session_id: str) -> HTTPResponse:
 
 @bp.post("/<session_id:str>/receipts")
 @openapi.summary("Move this party's delivered/read watermark forward")
-@openapi.body({"application/json": ReceiptIn})
+@json_body(ReceiptIn)
 @openapi.secured("bearer")
 @authenticated(Role.CUSTOMER, Role.MITRA)
 async def post_receipt(request: Request, session_id: str) -> HTTPResponse:

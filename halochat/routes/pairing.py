@@ -10,6 +10,7 @@ from halochat.auth import authenticated
 from halochat.constants import ChoiceKind, ErrorCode, Role
 from halochat.domain import pairing
 from halochat.routes.common import json_response, object_id, parse_body
+from halochat.routes.openapi_docs import json_body
 from halochat.views import session_view, user_view
 
 bp = Blueprint("pairing", url_prefix="/v1")
@@ -51,7 +52,7 @@ async def chat_options(request: Request) -> HTTPResponse:
 
 @bp.post("/sessions")
 @openapi.summary("Request a chat (customer): records the transaction, starts pairing")
-@openapi.body({"application/json": ChatRequestIn})
+@json_body(ChatRequestIn)
 @openapi.secured("bearer")
 @authenticated(Role.CUSTOMER)
 async def request_chat(request: Request) -> HTTPResponse:
@@ -101,7 +102,7 @@ async def cancel(request: Request, session_id: str) -> HTTPResponse:
 
 @bp.put("/mitra/availability")
 @openapi.summary("Set this Mitra's availability for chat requests")
-@openapi.body({"application/json": AvailabilityIn})
+@json_body(AvailabilityIn)
 @openapi.secured("bearer")
 @authenticated(Role.MITRA)
 async def set_availability(request: Request) -> HTTPResponse:

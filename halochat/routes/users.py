@@ -7,6 +7,7 @@ from halochat.auth import authenticated, issue_token
 from halochat.constants import AuthMode, Role
 from halochat.documents import User
 from halochat.routes.common import json_response, parse_body
+from halochat.routes.openapi_docs import json_body
 from halochat.views import user_view
 
 bp = Blueprint("users", url_prefix="/v1")
@@ -30,7 +31,7 @@ async def me(request: Request) -> HTTPResponse:
 
 @bp.post("/admin/users")
 @openapi.summary("Create a user (admin). In local auth mode the answer carries a token.")
-@openapi.body({"application/json": NewUser})
+@json_body(NewUser)
 @openapi.secured("bearer")
 @authenticated(Role.ADMIN)
 async def create_user(request: Request) -> HTTPResponse:

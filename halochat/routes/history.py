@@ -1,0 +1,43 @@
+from pydantic import BaseModel, ConfigDict, Field
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse
+from sanic_ext import openapi
+
+from halochat.auth import authenticated
+from halochat.constants import Role
+from halochat.domain.history import (
+    HISTORY_DEFAULT_LIMIT,
+    HISTORY_MAX_LIMIT,
+    history_page,
+    open_sessions,
+)
+from halochat.routes.common import json_response, parse_query
+
+bp = Blueprint("history", url_prefix="/v1/me")
+
+
+class HistoryQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=HISTORY_DEFAULT_LIMIT, ge=1, le=HISTORY_MAX_LIMIT)
+    cursor: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+@bp.get("/history")
+@openapi.summary("The caller's finished (COMPLETED) sessions, newest first, keyset-paginated")
+@openapi.parameter("limit", int, description=f"1..{HISTORY_MAX_LIMIT}, default 20")
+@openapi.parameter("cursor", str, description="next_cursor of the previous page")
+@openapi.secured("bearer")
+@authenticated(Role.CUSTOMER, Role.MITRA)
+async def history(request: Request) -> HTTPResponse:
+    query = parse_query(request, HistoryQuery)
+    items, next_cursor = await history_page(request.ctx.user, query.limit, query.cursor)
+    return json_response({"sessions": items, "next_cursor": next_cursor})
+
+
+@bp.get("/sessions/open")
+@openapi.summary("The caller's open sessions (pairing, active, expired, closing, ...)")
+@openapi.secured("bearer")
+@authenticated(Role.CUSTOMER, Role.MITRA)
+async def open_list(request: Request) -> HTTPResponse:
+    return json_response({"sessions": await open_sessions(request.ctx.user)})
