@@ -14,12 +14,12 @@ from pymongo.errors import DuplicateKeyError
 from sanic import Request, Websocket
 
 from halochat.auth import authenticate, bearer_token
-from halochat.constants import AppState, ClientFrame, ErrorCode, ServerFrame
+from halochat.constants import ClientFrame, ErrorCode, ServerFrame
 from halochat.documents import User
 from halochat.errors import ApiError, duplicate_key, validation_error
 from halochat.services import Services
 from halochat.ws.hub import Connection, encode
-from halochat.ws.protocol import ClientEnvelope
+from halochat.ws.protocol import AppStateIn, ClientEnvelope
 from halochat.ws.registry import HANDLERS, AckThen
 
 log = logging.getLogger(__name__)
@@ -97,18 +97,9 @@ async def _dispatch(services: Services, conn: Connection, env: ClientEnvelope) -
         return
     if frame_type == ClientFrame.APP_STATE:
         try:
-            conn.app_state = AppState(env.data.get("state"))
-        except ValueError:
-            conn.send(
-                error_frame(
-                    ApiError(
-                        422,
-                        ErrorCode.VALIDATION_ERROR,
-                        "data.state must be foreground or background",
-                    ),
-                    env.id,
-                )
-            )
+            conn.app_state = AppStateIn.model_validate(env.data).state
+        except ValidationError as exc:
+            conn.send(error_frame(validation_error(exc), env.id))
             return
         conn.send(ack_frame(env.id, {"state": conn.app_state.value}))
         return
