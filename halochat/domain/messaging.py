@@ -44,21 +44,15 @@ REPLAY_BATCH = 500
 MAX_HELLO_SESSIONS = 500
 
 # Locks vanish with their last user (no per-session cleanup needed).
-_locks: WeakValueDictionary[PydanticObjectId, "SessionLock"] = WeakValueDictionary()
+_locks: WeakValueDictionary[PydanticObjectId, asyncio.Lock] = WeakValueDictionary()
 # (user, session) -> monotonic time of the last forwarded typing event.
 _typing_last: dict[tuple[PydanticObjectId, PydanticObjectId], float] = {}
 
 
-class SessionLock(asyncio.Lock):
-    # False until this process has checked the session's last_seq against its stored
-    # messages (see _repair_seq); a recreated lock simply checks again.
-    seq_checked: bool = False
-
-
-def session_lock(session_id: PydanticObjectId) -> SessionLock:
+def session_lock(session_id: PydanticObjectId) -> asyncio.Lock:
     lock = _locks.get(session_id)
     if lock is None:
-        lock = _locks[session_id] = SessionLock()
+        lock = _locks[session_id] = asyncio.Lock()
     return lock
 
 
@@ -75,12 +69,11 @@ async def _repair_seq(session_id: PydanticObjectId) -> None:
 
 
 async def recover_messaging(open_session_ids: list[PydanticObjectId]) -> None:
-    """Start-up: repair last_seq of the open sessions a crash may have left ahead."""
+    """Start-up: repair last_seq of the open sessions a crash may have left ahead. Only a
+    crash leaves it ahead (a failed insert gives its seq back), so this once is enough."""
     for session_id in open_session_ids:
-        lock = session_lock(session_id)
-        async with lock:
+        async with session_lock(session_id):
             await _repair_seq(session_id)
-            lock.seq_checked = True
 
 
 @dataclass(frozen=True)
@@ -190,11 +183,7 @@ async def _store_and_deliver(
 ) -> SendResult:
     sessions = ChatSession.get_pymongo_collection()
     messages = Message.get_pymongo_collection()
-    lock = session_lock(session_id)
-    async with lock:
-        if not lock.seq_checked:
-            await _repair_seq(session_id)
-            lock.seq_checked = True
+    async with session_lock(session_id):
         # Two round trips per send: the conditional $inc (state and party checked in the
         # same update) and the insert; a retried client_msg_id is caught by its unique index.
         updated = await sessions.find_one_and_update(
