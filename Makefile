@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench install seed clean
+.PHONY: run test lint bench bench-load bench-timers install seed clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/store.py
+
+# Load (halochat vs bare relay) and timer benchmarks: docs/performance.md. ARGS passes flags,
+# e.g. make bench-load ARGS="--sessions 1000".
+bench-load: $(STAMP)
+	$(PY) bench/load.py $(ARGS)
+
+bench-timers: $(STAMP)
+	$(PY) bench/timers.py $(ARGS)
 
 clean:
 	rm -rf var .pytest_cache

@@ -1,0 +1,725 @@
+"""Load benchmark: halochat vs a bare Sanic WebSocket relay, same clients, same load.
+
+    .venv/bin/python bench/load.py                      # 200 sessions, 1000 msg/s, 60 s
+    .venv/bin/python bench/load.py --sessions 1000      # 2000 live WebSockets
+
+For halochat it starts `python -m halochat serve` on its own embedded database (temp dir),
+creates customers and Mitras through the admin API, pairs N sessions through the real
+pairing API (one Mitra available at a time, so each request goes to a distinct Mitra), then
+opens two authenticated WebSockets per session (customer + Mitra) spread over several client
+processes and runs two phases:
+
+1. fixed rate: `--rate` message.send/s in total (open loop, both sides of every session) for
+   `--duration` s; send→receive latency (message.new on the other side), ack latency
+   (the ack carries the stored message), errors, per-second delivered counts;
+2. saturation: every socket sends its next message as soon as its previous one is acked
+   (`--window` in flight per socket) for `--saturate` s: the throughput ceiling.
+
+Then the same clients drive bench/relay.py identically, and the ratios are printed.
+Afterwards it checks in the database that every acked message is stored exactly once and
+every session's seqs are 1..last_seq without gap.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+import orjson
+from bson import ObjectId
+from pymongo import MongoClient
+
+from bench.common import (
+    BENCH_JWT_SECRET,
+    HalochatServer,
+    ProcWatch,
+    RelayServer,
+    summary,
+)
+from halochat.auth import issue_token
+from halochat.config import Settings
+
+# ---------------------------------------------------------------- client side (workers)
+
+
+@dataclass(frozen=True)
+class SocketSpec:
+    url: str
+    token: str | None  # bearer token (halochat) or None (relay: the url names the session)
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    session_id: str
+    sides: tuple[SocketSpec, SocketSpec]  # customer, Mitra
+
+
+class Worker:
+    """One client process: owns both sockets of its sessions, so send→receive latency is
+    measured on one clock without any clock sync."""
+
+    def __init__(self, index: int, sessions: list[SessionSpec], body_bytes: int) -> None:
+        self.index = index
+        self.sessions = sessions
+        self.pad = "x" * max(0, body_bytes - 24)
+        self.conns: list[list[Any]] = []  # [customer_conn, mitra_conn] per session
+        self.readers: list[asyncio.Task[None]] = []
+        self.seq = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.sent_at: dict[str, float] = {}
+        self.sender: dict[str, int] = {}  # cmid -> id(conn) of the sending socket
+        self.ack_waiters: dict[str, asyncio.Future[None]] = {}
+        self.acked: list[str] = []
+        self.ack_lat: list[float] = []
+        self.e2e_lat: list[float] = []
+        self.received = 0
+        self.per_second: Counter[int] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.outstanding: set[str] = set()
+        self.t0 = 0.0
+        self.window_end = 0.0
+        self.in_window = 0
+
+    async def connect(self) -> int:
+        from websockets.asyncio.client import connect
+
+        gate = asyncio.Semaphore(32)
+        failures = 0
+
+        async def open_one(spec: SocketSpec) -> Any:
+            nonlocal failures
+            headers = {"Authorization": f"Bearer {spec.token}"} if spec.token else None
+            async with gate:
+                for attempt in range(5):
+                    try:
+                        conn = await connect(
+                            spec.url,
+                            additional_headers=headers,
+                            compression=None,
+                            max_size=None,
+                            open_timeout=30,
+                            ping_interval=None,
+                        )
+                        first = orjson.loads(await asyncio.wait_for(conn.recv(), 30))
+                        if first.get("type") != "ready":
+                            raise RuntimeError(f"unexpected first frame {first}")
+                        return conn
+                    except Exception:
+                        failures += 1
+                        await asyncio.sleep(0.2 * (attempt + 1))
+                raise RuntimeError(f"cannot connect {spec.url}")
+
+        for s in self.sessions:
+            pair = await asyncio.gather(open_one(s.sides[0]), open_one(s.sides[1]))
+            self.conns.append(list(pair))
+        for pair in self.conns:
+            for conn in pair:
+                self.readers.append(asyncio.create_task(self.read(conn)))
+        return failures
+
+    async def read(self, conn: Any) -> None:
+        try:
+            async for text in conn:
+                now = time.perf_counter()
+                frame = orjson.loads(text)
+                kind = frame.get("type")
+                if kind == "ack":
+                    cmid = frame.get("id")
+                    t = self.sent_at.get(cmid)
+                    if t is None:
+                        continue
+                    self.ack_lat.append(now - t)
+                    self.acked.append(cmid)
+                    waiter = self.ack_waiters.pop(cmid, None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(None)
+                elif kind == "message.new":
+                    data = frame.get("data") or {}
+                    msg = data.get("message", data)
+                    cmid = msg.get("client_msg_id")
+                    t = self.sent_at.get(cmid)
+                    if t is None or self.sender.get(cmid) == id(conn):
+                        continue  # not ours, or an echo to the sender's own socket
+                    if cmid not in self.outstanding:
+                        self.errors["duplicate_delivery"] += 1
+                        continue
+                    self.outstanding.discard(cmid)
+                    self.e2e_lat.append(now - t)
+                    self.received += 1
+                    self.per_second[int(now - self.t0)] += 1
+                    if now <= self.window_end:
+                        self.in_window += 1
+                elif kind == "error":
+                    err = frame.get("error") or {}
+                    self.errors[f"error:{err.get('code')}"] += 1
+                    waiter = self.ack_waiters.pop(frame.get("id"), None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(None)
+        except Exception as exc:
+            self.errors[f"socket:{type(exc).__name__}"] += 1
+        else:
+            self.errors["socket_closed"] += 1
+
+    async def send(self, session_index: int, side: int) -> str:
+        session = self.sessions[session_index]
+        conn = self.conns[session_index][side]
+        self.seq += 1
+        cmid = f"w{self.index}-{self.seq}"
+        text = orjson.dumps(
+            {
+                "type": "message.send",
+                "id": cmid,
+                "data": {
+                    "session_id": session.session_id,
+                    "client_msg_id": cmid,
+                    "body": f"{cmid} {self.pad}",
+                },
+            }
+        ).decode()
+        self.sent_at[cmid] = time.perf_counter()
+        self.sender[cmid] = id(conn)
+        self.outstanding.add(cmid)
+        try:
+            await conn.send(text)
+        except Exception as exc:
+            self.errors[f"send:{type(exc).__name__}"] += 1
+            self.outstanding.discard(cmid)
+        return cmid
+
+    async def run_rate(self, rate: float, duration: float) -> None:
+        """Open loop: message k leaves at t0 + k/rate, whatever the server does."""
+        n_slots = len(self.sessions) * 2
+        k = 0
+        while (elapsed := time.perf_counter() - self.t0) < duration:
+            due = int(elapsed * rate) + 1
+            while k < due:
+                slot = k % n_slots
+                await self.send(slot % len(self.sessions), slot // len(self.sessions))
+                k += 1
+            await asyncio.sleep(max(0.0, (k / rate) - (time.perf_counter() - self.t0)))
+
+    async def run_closed(self, window: int, duration: float) -> None:
+        """Closed loop: each socket keeps `window` messages in flight until the end."""
+
+        async def pump(si: int, side: int) -> None:
+            while time.perf_counter() - self.t0 < duration:
+                cmid = await self.send(si, side)
+                fut = asyncio.get_running_loop().create_future()
+                self.ack_waiters[cmid] = fut
+                try:
+                    await asyncio.wait_for(fut, 30)
+                except TimeoutError:
+                    self.errors["ack_timeout"] += 1
+
+        await asyncio.gather(
+            *(
+                pump(si, side)
+                for si in range(len(self.sessions))
+                for side in (0, 1)
+                for _ in range(window)
+            )
+        )
+
+    async def phase(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        self.reset()
+        await asyncio.sleep(max(0.0, cmd["start_at"] - time.time()))
+        self.t0 = time.perf_counter()
+        self.window_end = self.t0 + cmd["duration"]
+        if cmd["mode"] == "rate":
+            await self.run_rate(cmd["rate"], cmd["duration"])
+        else:
+            await self.run_closed(cmd["window"], cmd["duration"])
+        drain_until = time.perf_counter() + cmd["drain"]
+        while self.outstanding and time.perf_counter() < drain_until:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        if self.outstanding:
+            self.errors["not_delivered"] += len(self.outstanding)
+        acked = set(self.acked)
+        not_acked = len(self.sent_at) - len(acked)
+        if not_acked:
+            self.errors["not_acked"] += not_acked
+        return {
+            "sent": len(self.sent_at),
+            "acked": len(acked),
+            "received": self.received,
+            "in_window": self.in_window,
+            "ack_lat": self.ack_lat,
+            "e2e_lat": self.e2e_lat,
+            "per_second": dict(self.per_second),
+            "errors": dict(self.errors),
+            "acked_ids": self.acked if cmd.get("return_ids") else [],
+        }
+
+    async def close(self) -> None:
+        for pair in self.conns:
+            for conn in pair:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 5)
+        for task in self.readers:
+            task.cancel()
+
+
+def worker_main(
+    index: int,
+    sessions: list[SessionSpec],
+    body_bytes: int,
+    commands: "mp.Queue[dict[str, Any] | None]",
+    results: "mp.Queue[tuple[int, str, Any]]",
+) -> None:
+    import uvloop
+
+    async def main() -> None:
+        worker = Worker(index, sessions, body_bytes)
+        try:
+            failures = await worker.connect()
+        except Exception as exc:
+            results.put((index, "failed", repr(exc)))
+            return
+        results.put((index, "ready", failures))
+        loop = asyncio.get_running_loop()
+        while (cmd := await loop.run_in_executor(None, commands.get)) is not None:
+            results.put((index, "phase", await worker.phase(cmd)))
+        await worker.close()
+        results.put((index, "closed", None))
+
+    uvloop.run(main())
+
+
+class ClientPool:
+    """The client processes for one target; phases run on all of them at once."""
+
+    def __init__(self, sessions: list[SessionSpec], workers: int, body_bytes: int) -> None:
+        ctx = mp.get_context("fork")
+        self.results: mp.Queue[tuple[int, str, Any]] = ctx.Queue()
+        self.commands: list[mp.Queue[dict[str, Any] | None]] = []
+        self.procs: list[mp.process.BaseProcess] = []
+        shards = [sessions[i::workers] for i in range(workers)]
+        for i, shard in enumerate(shards):
+            q: mp.Queue[dict[str, Any] | None] = ctx.Queue()
+            p = ctx.Process(
+                target=worker_main, args=(i, shard, body_bytes, q, self.results), daemon=True
+            )
+            p.start()
+            self.commands.append(q)
+            self.procs.append(p)
+
+    def collect(self, kind: str, timeout: float) -> list[Any]:
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < len(self.procs):
+            index, got, payload = self.results.get(timeout=max(0.1, deadline - time.monotonic()))
+            if got == "failed":
+                raise RuntimeError(f"client worker {index} failed: {payload}")
+            if got == kind:
+                out.append(payload)
+        return out
+
+    def run_phase(self, cmd: dict[str, Any], watch: ProcWatch) -> list[dict[str, Any]]:
+        cmd = {**cmd, "start_at": time.time() + 0.5}
+        for q in self.commands:
+            q.put(cmd)
+        time.sleep(0.5)
+        watch.start_cpu()
+        end = time.monotonic() + cmd["duration"]
+        while time.monotonic() < end:
+            watch.sample()
+            time.sleep(0.25)
+        cpu = watch.cpu_percent()
+        out = self.collect("phase", cmd["drain"] + 120)
+        watch.sample()
+        for r in out:
+            r["server_cpu"] = cpu
+        return out
+
+    def close(self) -> None:
+        for q in self.commands:
+            q.put(None)
+        with contextlib.suppress(Exception):
+            self.collect("closed", 30)
+        for p in self.procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+
+
+def merge(parts: list[dict[str, Any]], duration: float) -> dict[str, Any]:
+    per_second: Counter[int] = Counter()
+    errors: Counter[str] = Counter()
+    for p in parts:
+        per_second.update(p["per_second"])
+        errors.update(p["errors"])
+    full_seconds = [per_second.get(s, 0) for s in range(int(duration))]
+    e2e = summary([x * 1000 for p in parts for x in p["e2e_lat"]])
+    ack = summary([x * 1000 for p in parts for x in p["ack_lat"]])
+    sent = sum(p["sent"] for p in parts)
+    return {
+        "sent": sent,
+        "acked": sum(p["acked"] for p in parts),
+        "received": sum(p["received"] for p in parts),
+        "offered_rate": sent / duration,
+        "achieved_rate": sum(p["in_window"] for p in parts) / duration,
+        "min_second": min(full_seconds[1:] or full_seconds or [0]),
+        "e2e_ms": e2e,
+        "ack_ms": ack,
+        "errors": dict(errors),
+        "error_count": sum(errors.values()),
+        "server_cpu": parts[0]["server_cpu"] if parts else {},
+        "acked_ids": [i for p in parts for i in p["acked_ids"]],
+    }
+
+
+# ---------------------------------------------------------------- halochat set-up
+
+
+async def create_users(http: httpx.AsyncClient, role: str, count: int) -> list[dict[str, Any]]:
+    gate = asyncio.Semaphore(16)
+
+    async def one(i: int) -> dict[str, Any]:
+        async with gate:
+            r = await http.post(
+                "/v1/admin/users",
+                # auth_uid given: without it the second user hits the unique sparse index
+                # on auth_uid (explicit nulls are indexed), see docs/performance.md.
+                json={"role": role, "display_name": f"{role}-{i}", "auth_uid": f"{role}-{i}"},
+            )
+            r.raise_for_status()
+            return r.json()
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+async def pair_sessions(server: HalochatServer, admin_token: str, n: int) -> list[dict[str, str]]:
+    """N customers, N Mitras, N ACTIVE sessions through the real pairing API. Exactly one
+    Mitra is available while each request is made, so each goes to a distinct Mitra."""
+    auth = {"Authorization": f"Bearer {admin_token}"}
+    limits = httpx.Limits(max_connections=32)
+    async with httpx.AsyncClient(
+        base_url=server.base_url, headers=auth, timeout=60, limits=limits
+    ) as http:
+        customers = await create_users(http, "customer", n)
+        mitras = await create_users(http, "mitra", n)
+
+        async def call(method: str, path: str, token: str, body: Any = None) -> dict[str, Any]:
+            r = await http.request(
+                method, path, json=body, headers={"Authorization": f"Bearer {token}"}
+            )
+            if r.status_code >= 400:
+                raise RuntimeError(f"{method} {path}: {r.status_code} {r.text}")
+            return r.json()
+
+        out: list[dict[str, str]] = []
+        for c, m in zip(customers, mitras, strict=True):
+            await call("PUT", "/v1/mitra/availability", m["token"], {"available": True})
+            created = await call(
+                "POST", "/v1/sessions", c["token"], {"choice": "tier", "tier_id": "15m"}
+            )
+            sid = created["session"]["id"]
+            await call("POST", f"/v1/sessions/{sid}/accept", m["token"])
+            await call("PUT", "/v1/mitra/availability", m["token"], {"available": False})
+            out.append({"session_id": sid, "customer": c["token"], "mitra": m["token"]})
+        return out
+
+
+def verify_storage(uri: str, db_name: str, acked_ids: list[str]) -> dict[str, Any]:
+    """Every acked message stored exactly once; each session's seqs are 1..last_seq."""
+    client: MongoClient[dict[str, Any]] = MongoClient(uri, tz_aware=True)
+    try:
+        db = client[db_name]
+        stored: Counter[str] = Counter()
+        by_session: dict[Any, list[int]] = {}
+        for doc in db["messages"].find({}, {"client_msg_id": 1, "session_id": 1, "seq": 1}):
+            stored[doc["client_msg_id"]] += 1
+            by_session.setdefault(doc["session_id"], []).append(doc["seq"])
+        last_seq = {
+            d["_id"]: d.get("last_seq", 0) for d in db["sessions"].find({}, {"last_seq": 1})
+        }
+    finally:
+        client.close()
+    missing = sum(1 for i in set(acked_ids) if stored[i] == 0)
+    duplicated = sum(1 for c in stored.values() if c > 1)
+    gaps = sum(
+        1
+        for sid, seqs in by_session.items()
+        if sorted(seqs) != list(range(1, last_seq.get(sid, 0) + 1))
+    )
+    return {
+        "stored": sum(stored.values()),
+        "acked": len(set(acked_ids)),
+        "acked_missing": missing,
+        "duplicated": duplicated,
+        "sessions_with_gaps": gaps,
+    }
+
+
+# ---------------------------------------------------------------- driver
+
+
+def run_target(
+    name: str,
+    sessions: list[SessionSpec],
+    args: argparse.Namespace,
+    watch: ProcWatch,
+) -> dict[str, Any]:
+    watch.sample()
+    before = watch.rss_kb()
+    t = time.monotonic()
+    pool = ClientPool(sessions, args.workers, args.body_bytes)
+    try:
+        failures = sum(pool.collect("ready", 600))
+        connect_s = time.monotonic() - t
+        time.sleep(1.0)
+        connected = watch.rss_kb()
+        print(
+            f"[{name}] {len(sessions) * 2} sockets connected in {connect_s:.1f}s "
+            f"({failures} retried)",
+            flush=True,
+        )
+        # Saturation first: the open-loop phase may leave an overloaded server with dead
+        # sockets (keepalive timeouts), which would spoil a phase after it.
+        sat: dict[str, Any] | None = None
+        if args.saturate > 0:
+            sat_parts = pool.run_phase(
+                {
+                    "mode": "closed",
+                    "window": args.window,
+                    "duration": args.saturate,
+                    "drain": args.drain,
+                    "return_ids": True,
+                },
+                watch,
+            )
+            sat = merge(sat_parts, args.saturate)
+            print(f"[{name}] saturation: {fmt_phase(sat)}", flush=True)
+        rate_parts = pool.run_phase(
+            {
+                "mode": "rate",
+                "rate": args.rate / args.workers,
+                "duration": args.duration,
+                "drain": args.drain,
+                "return_ids": True,
+            },
+            watch,
+        )
+        rate = merge(rate_parts, args.duration)
+        print(f"[{name}] fixed rate: {fmt_phase(rate)}", flush=True)
+    finally:
+        pool.close()
+    sockets = len(sessions) * 2
+    return {
+        "name": name,
+        "sessions": len(sessions),
+        "sockets": sockets,
+        "rate": rate,
+        "saturation": sat,
+        "rss_before_kb": before,
+        "rss_connected_kb": connected,
+        "rss_per_socket_kb": {
+            k: (connected[k] - before[k]) / sockets for k in before if k in connected
+        },
+        "peak_rss_kb": dict(watch.peak_rss_kb),
+        "hwm_kb": watch.hwm_kb(),
+    }
+
+
+def fmt_phase(p: dict[str, Any]) -> str:
+    e, a = p["e2e_ms"], p["ack_ms"]
+    cpu = " ".join(f"{k} {v:.0f}%" for k, v in p["server_cpu"].items())
+    return (
+        f"offered {p['offered_rate']:.0f}/s achieved {p['achieved_rate']:.0f}/s "
+        f"(slowest second {p['min_second']}) e2e p50 {e['p50']:.1f} p95 {e['p95']:.1f} "
+        f"p99 {e['p99']:.1f} max {e['max']:.1f} ms, ack p99 {a['p99']:.1f} ms, "
+        f"errors {p['error_count']} {p['errors'] or ''} cpu: {cpu}"
+    )
+
+
+def halochat_run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    env = {
+        # Sessions must outlive set-up + both phases: one tier minute = 10 real minutes.
+        "HALOCHAT_MINUTE_SECONDS": str(args.minute_seconds),
+        "HALOCHAT_PAIRING_TIMEOUT_SECONDS": "600",
+    }
+    server = HalochatServer(workdir, env).start()
+    try:
+        uri = server.mongodb_uri
+        admin_id = ObjectId()
+        with MongoClient(uri) as client:
+            client[server.db_name]["users"].insert_one(
+                {
+                    "_id": admin_id,
+                    "role": "admin",
+                    "display_name": "bench-admin",
+                    "available": False,
+                    "disabled": False,
+                }
+            )
+        admin_token = issue_token(Settings(jwt_secret=BENCH_JWT_SECRET), admin_id)
+        t = time.monotonic()
+        paired = asyncio.run(pair_sessions(server, admin_token, args.sessions))
+        print(
+            f"[halochat] paired {len(paired)} sessions in {time.monotonic() - t:.1f}s",
+            flush=True,
+        )
+        specs = [
+            SessionSpec(
+                p["session_id"],
+                (SocketSpec(server.ws_url, p["customer"]), SocketSpec(server.ws_url, p["mitra"])),
+            )
+            for p in paired
+        ]
+        watch = ProcWatch({"server": server.pid, "db": server.db_pid()})
+        result = run_target("halochat", specs, args, watch)
+        ids = result["rate"].pop("acked_ids")
+        if result["saturation"]:
+            ids += result["saturation"].pop("acked_ids")
+        result["storage"] = verify_storage(uri, server.db_name, ids)
+        print(f"[halochat] storage check: {result['storage']}", flush=True)
+        result["hwm_kb"] = watch.hwm_kb()
+        return result
+    finally:
+        server.stop()
+
+
+def relay_run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    relay = RelayServer(workdir).start()
+    try:
+        specs = [
+            SessionSpec(
+                f"s{i}",
+                (SocketSpec(f"{relay.ws_url}?session=s{i}", None),) * 2,
+            )
+            for i in range(args.sessions)
+        ]
+        watch = ProcWatch({"relay": relay.pid})
+        result = run_target("relay", specs, args, watch)
+        result["rate"].pop("acked_ids")
+        if result["saturation"]:
+            result["saturation"].pop("acked_ids")
+        return result
+    finally:
+        relay.stop()
+
+
+def report(h: dict[str, Any], r: dict[str, Any] | None, args: argparse.Namespace) -> None:
+    def row(label: str, hv: str, rv: str = "") -> None:
+        print(f"  {label:<38}{hv:>22}{rv:>22}")
+
+    hr, rr = h["rate"], (r or {}).get("rate")
+    print("\n== results ==")
+    row("", "halochat", "bare relay" if r else "")
+    row(
+        "sessions / sockets",
+        f"{h['sessions']} / {h['sockets']}",
+        f"{r['sessions']} / {r['sockets']}" if r else "",
+    )
+    for label, key in (("offered msg/s", "offered_rate"), ("achieved msg/s", "achieved_rate")):
+        row(label, f"{hr[key]:.0f}", f"{rr[key]:.0f}" if rr else "")
+    row("slowest second (msgs)", str(hr["min_second"]), str(rr["min_second"]) if rr else "")
+    for p in ("p50", "p95", "p99", "max"):
+        row(
+            f"send→receive {p} ms", f"{hr['e2e_ms'][p]:.1f}", f"{rr['e2e_ms'][p]:.1f}" if rr else ""
+        )
+    row("ack p99 ms", f"{hr['ack_ms']['p99']:.1f}", f"{rr['ack_ms']['p99']:.1f}" if rr else "")
+    row("errors", str(hr["error_count"]), str(rr["error_count"]) if rr else "")
+    hs, rs = h.get("saturation"), (r or {}).get("saturation")
+    if hs:
+        row(
+            "saturation msg/s",
+            f"{hs['achieved_rate']:.0f}",
+            f"{rs['achieved_rate']:.0f}" if rs else "",
+        )
+        row(
+            "saturation p99 ms",
+            f"{hs['e2e_ms']['p99']:.1f}",
+            f"{rs['e2e_ms']['p99']:.1f}" if rs else "",
+        )
+    for name in h["hwm_kb"]:
+        row(f"peak RSS {name} MiB (VmHWM)", f"{h['hwm_kb'][name] / 1024:.1f}")
+        row(f"RSS per socket {name} KiB", f"{h['rss_per_socket_kb'].get(name, 0):.1f}")
+    if r:
+        for name in r["hwm_kb"]:
+            row(f"peak RSS {name} MiB (VmHWM)", "", f"{r['hwm_kb'][name] / 1024:.1f}")
+            row(f"RSS per socket {name} KiB", "", f"{r['rss_per_socket_kb'].get(name, 0):.1f}")
+    cpu = hr["server_cpu"]
+    row(
+        "server CPU % of a core (fixed rate)",
+        " ".join(f"{k}:{v:.0f}" for k, v in cpu.items()),
+        " ".join(f"{k}:{v:.0f}" for k, v in rr["server_cpu"].items()) if rr else "",
+    )
+    st = h["storage"]
+    print(f"  storage: {st}")
+    print("\n== targets ==")
+    ok_rate = hr["achieved_rate"] >= 1000 * 0.99 and args.rate >= 1000
+    verdict = [
+        (f"≥1000 msg/s for {args.duration:.0f}s", ok_rate, f"{hr['achieved_rate']:.0f} msg/s"),
+        ("p99 send→receive ≤ 50 ms", hr["e2e_ms"]["p99"] <= 50, f"{hr['e2e_ms']['p99']:.1f} ms"),
+        (
+            "every acked message stored once, no gap",
+            st["acked_missing"] == 0 and st["duplicated"] == 0 and st["sessions_with_gaps"] == 0,
+            f"{st['acked']} acked, {st['stored']} stored",
+        ),
+        ("no errors", hr["error_count"] == 0, str(hr["errors"])),
+    ]
+    if r:
+        base = (hs or hr)["achieved_rate"]
+        rbase = (rs or rr)["achieved_rate"]
+        ratio = base / rbase if rbase else float("nan")
+        verdict.append(("≥ 0.5 of the relay's throughput", ratio >= 0.5, f"ratio {ratio:.2f}"))
+        p99r = hr["e2e_ms"]["p99"] / rr["e2e_ms"]["p99"] if rr["e2e_ms"]["p99"] else float("nan")
+        verdict.append(("p99 vs relay (fixed rate)", None, f"ratio {p99r:.2f}"))
+    for label, ok, got in verdict:
+        tag = "INFO" if ok is None else "PASS" if ok else "MISS"
+        print(f"  [{tag}] {label}: {got}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=1000.0, help="total message.send/s")
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--saturate", type=float, default=20.0, help="0 = skip that phase")
+    parser.add_argument("--window", type=int, default=1, help="in flight per socket (saturation)")
+    parser.add_argument("--drain", type=float, default=15.0)
+    parser.add_argument("--workers", type=int, default=2, help="client processes")
+    parser.add_argument("--body-bytes", type=int, default=64)
+    parser.add_argument("--minute-seconds", type=float, default=600.0)
+    parser.add_argument("--no-relay", action="store_true")
+    parser.add_argument("--relay-only", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--workdir", type=Path, help="keep logs and data here (default: temp)")
+    args = parser.parse_args()
+
+    print(
+        f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; "
+        f"{args.sessions} sessions, {args.rate:.0f} msg/s offered for {args.duration:.0f}s, "
+        f"{args.workers} client processes",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="halochat-bench-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        h = None if args.relay_only else halochat_run(args, workdir)
+        r = None if args.no_relay else relay_run(args, workdir)
+    if h is not None:
+        report(h, r, args)
+    elif r is not None:
+        print(json.dumps({k: v for k, v in r.items()}, indent=1, default=str))
+    if args.json:
+        args.json.write_text(json.dumps({"halochat": h, "relay": r}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
