@@ -181,6 +181,12 @@ async def test_admin_creates_users_with_tokens(server: ServerProcess, admin: Act
         )
         assert created.status_code == 201
         user = created.json()
+        # Users without auth_uid do not collide on its unique sparse index.
+        second = await http.post(
+            "/v1/admin/users", json={"role": "customer", "display_name": "Ayu"}
+        )
+        assert second.status_code == 201, second.text
+        assert second.json()["id"] != user["id"]
         assert_error(
             await http.post("/v1/admin/users", json={"role": "boss", "display_name": "x"}),
             422,

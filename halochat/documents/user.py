@@ -20,6 +20,8 @@ class User(Document):
 
     class Settings:
         name = "users"
+        # auth_uid=None must be absent, not null: the unique sparse index counts nulls.
+        keep_nulls = False
         indexes = [
             IndexModel([("auth_uid", ASCENDING)], unique=True, sparse=True),
             IndexModel([("role", ASCENDING), ("available", ASCENDING)]),
