@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 AUTH_FRAME_TIMEOUT = 10.0
 CLOSE_AUTH_FAILED = 4401  # private-use close code: the app should refresh its token
+INBOX_SIZE = 256  # frames read but not yet handled, per connection
 
 
 def error_frame(err: ApiError, frame_id: str | None) -> dict[str, Any]:
@@ -122,6 +123,30 @@ async def _dispatch(services: Services, conn: Connection, env: ClientEnvelope) -
     conn.send(ack_frame(env.id, result))
 
 
+def _too_many() -> ApiError:
+    return ApiError(
+        429, ErrorCode.RATE_LIMITED, "too many frames awaiting an answer; retry shortly"
+    )
+
+
+async def _work(
+    services: Services,
+    conn: Connection,
+    inbox: "asyncio.Queue[ClientEnvelope | dict[str, Any] | None]",
+) -> None:
+    while (item := await inbox.get()) is not None:
+        if not isinstance(item, ClientEnvelope):  # an error frame for an unreadable frame
+            conn.send(item)
+            continue
+        try:
+            await _dispatch(services, conn, item)
+        except DuplicateKeyError as exc:  # as over HTTP (halochat/errors.py)
+            conn.send(error_frame(duplicate_key(exc), item.id))
+        except Exception:  # never drop a connection for one bad frame
+            log.exception("frame handler crashed (%s)", item.type)
+            conn.send(error_frame(ApiError(500, ErrorCode.INTERNAL, "internal error"), item.id))
+
+
 async def websocket_endpoint(request: Request, ws: Websocket) -> None:
     services: Services = request.app.ctx.services
     try:
@@ -149,22 +174,30 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
             },
         }
     )
+    # Frames are read by this task and handled in order by a worker, so that while a handler
+    # waits on the database Sanic keeps reading the socket (and its keepalive pongs). A client
+    # that runs too far ahead gets rate_limited errors instead of a timed-out connection.
+    inbox: asyncio.Queue[ClientEnvelope | dict[str, Any] | None] = asyncio.Queue(INBOX_SIZE)
+    worker = asyncio.create_task(_work(services, conn, inbox), name=f"ws-worker-{user.id}")
     try:
         async for text in ws:
+            item: ClientEnvelope | dict[str, Any]
             try:
-                env = _parse(services, text)
+                item = _parse(services, text)
             except FrameError as err:
-                conn.send(error_frame(err, err.frame_id))
-                continue
+                item = error_frame(err, err.frame_id)
             except ApiError as err:
-                conn.send(error_frame(err, None))
-                continue
+                item = error_frame(err, None)
             try:
-                await _dispatch(services, conn, env)
-            except DuplicateKeyError as exc:  # as over HTTP (halochat/errors.py)
-                conn.send(error_frame(duplicate_key(exc), env.id))
-            except Exception:  # never drop a connection for one bad frame
-                log.exception("frame handler crashed (%s)", env.type)
-                conn.send(error_frame(ApiError(500, ErrorCode.INTERNAL, "internal error"), env.id))
+                inbox.put_nowait(item)
+            except asyncio.QueueFull:
+                frame_id = item.id if isinstance(item, ClientEnvelope) else None
+                conn.send(error_frame(_too_many(), frame_id))
     finally:
+        # No await before hub.remove: Sanic may cancel this task once the socket is gone.
+        # The worker still handles the frames already read, then stops at the None.
+        try:
+            inbox.put_nowait(None)
+        except asyncio.QueueFull:
+            worker.cancel()  # unanswered frames are retried by the app (client_msg_id)
         await services.hub.remove(conn)
