@@ -10,7 +10,7 @@ from sanic_ext import openapi
 
 from halochat.auth import authenticated
 from halochat.constants import ErrorCode, Role
-from halochat.domain import lifecycle, pairing
+from halochat.domain import closing, extension, pairing
 from halochat.routes.common import json_response, object_id, parse_body
 from halochat.routes.openapi_docs import json_body
 from halochat.views import session_view
@@ -51,7 +51,7 @@ def _sid(value: str) -> PydanticObjectId:
 @authenticated(*PARTIES)
 async def request_extension(request: Request, session_id: str) -> HTTPResponse:
     body = parse_body(request, ExtensionIn)
-    session = await lifecycle.request_extension(
+    session = await extension.request_extension(
         request.app.ctx.services, request.ctx.user, _sid(session_id), body.tier_id
     )
     assert session.extension is not None
@@ -70,7 +70,7 @@ async def request_extension(request: Request, session_id: str) -> HTTPResponse:
 @authenticated(*PARTIES)
 async def answer_extension(request: Request, session_id: str) -> HTTPResponse:
     body = parse_body(request, ExtensionAnswerIn)
-    session, txn = await lifecycle.answer_extension(
+    session, txn = await extension.answer_extension(
         request.app.ctx.services, request.ctx.user, _sid(session_id), body.extension_id, body.accept
     )
     result: dict[str, object] = {"session": session_view(session, Role.MITRA)}
@@ -84,7 +84,7 @@ async def answer_extension(request: Request, session_id: str) -> HTTPResponse:
 @openapi.secured("bearer")
 @authenticated(*PARTIES)
 async def decline_extension(request: Request, session_id: str) -> HTTPResponse:
-    session = await lifecycle.decline_extension(
+    session = await extension.decline_extension(
         request.app.ctx.services, request.ctx.user, _sid(session_id)
     )
     return json_response({"session": session_view(session, Role.CUSTOMER)})
@@ -96,7 +96,7 @@ async def decline_extension(request: Request, session_id: str) -> HTTPResponse:
 @authenticated(*PARTIES)
 async def end_session(request: Request, session_id: str) -> HTTPResponse:
     user = request.ctx.user
-    session = await lifecycle.end_early(request.app.ctx.services, user, _sid(session_id))
+    session = await closing.end_early(request.app.ctx.services, user, _sid(session_id))
     return json_response({"session": session_view(session, session.role_of(user.id))})
 
 
@@ -108,7 +108,7 @@ async def end_session(request: Request, session_id: str) -> HTTPResponse:
 async def submit_closure(request: Request, session_id: str) -> HTTPResponse:
     body = parse_body(request, ClosureIn)
     user = request.ctx.user
-    session = await lifecycle.submit_closure(
+    session = await closing.submit_closure(
         request.app.ctx.services, user, _sid(session_id), body.text
     )
     return json_response({"session": session_view(session, session.role_of(user.id))})

@@ -1,0 +1,105 @@
+"""Ending a session: end early (ACTIVE -> CLOSING) and the closing messages (CLOSING ->
+COMPLETED once both parties wrote theirs).
+"""
+
+from beanie import PydanticObjectId
+from pymongo import ReturnDocument
+
+from halochat.constants import (
+    EndReason,
+    ErrorCode,
+    Role,
+    ServerFrame,
+)
+from halochat.documents import ChatSession, User
+from halochat.documents.common import utcnow
+from halochat.domain.access import invalid_state, participant_session
+from halochat.domain.lifecycle import S, arm_grace_timer
+from halochat.domain.session_events import (
+    current_session,
+    grace_fields,
+    other_role,
+    tell,
+    tell_closing,
+    tell_completed,
+)
+from halochat.domain.state_machine import Trigger, transition
+from halochat.errors import ApiError
+from halochat.services import Services
+
+
+async def end_early(services: Services, user: User, session_id: PydanticObjectId) -> ChatSession:
+    """Either party ends an ACTIVE session: ACTIVE -> CLOSING."""
+    session, role = await participant_session(user, session_id, Role.CUSTOMER, Role.MITRA)
+    if session.state != S.ACTIVE:
+        raise invalid_state(session, "end the session")
+    now = utcnow()
+    reason = EndReason.ENDED_BY_CUSTOMER if role == Role.CUSTOMER else EndReason.ENDED_BY_MITRA
+    closing = await transition(
+        session_id,
+        Trigger.END_EARLY,
+        set_fields={"ended_at": now, "end_reason": reason.value, **grace_fields(services, now)},
+    )
+    if closing is None:
+        raise invalid_state(await current_session(session_id), "end the session")
+    arm_grace_timer(services, closing)
+    tell_closing(services, closing, role)
+    return closing
+
+
+def _check_closure_text(services: Services, text: str) -> str:
+    trimmed = text.strip()
+    limit = services.settings.closure_max_chars
+    if not 1 <= len(trimmed) <= limit:
+        raise ApiError(
+            422,
+            ErrorCode.VALIDATION_ERROR,
+            f"text must be 1 to {limit} characters (after trimming)",
+            {"fields": [{"field": "text", "message": f"1..{limit} characters after trimming"}]},
+        )
+    return trimmed
+
+
+async def submit_closure(
+    services: Services, user: User, session_id: PydanticObjectId, text: str
+) -> ChatSession:
+    """One closing message per party, in CLOSING only; both written -> COMPLETED."""
+    session, role = await participant_session(user, session_id, Role.CUSTOMER, Role.MITRA)
+    trimmed = _check_closure_text(services, text)
+    if session.state != S.CLOSING:
+        raise invalid_state(session, "write a closing message")
+    now = utcnow()
+    field = f"closures.{role.value}"
+    # `field: None` matches a missing or null closure: the first write wins, once.
+    raw = await ChatSession.get_pymongo_collection().find_one_and_update(
+        {"_id": session_id, "state": S.CLOSING.value, field: None},
+        {"$set": {field: {"text": trimmed, "at": now}, "updated_at": now}},
+        return_document=ReturnDocument.AFTER,
+    )
+    if raw is None:
+        current = await current_session(session_id)
+        if current.state != S.CLOSING:
+            raise invalid_state(current, "write a closing message")
+        raise ApiError(409, ErrorCode.ALREADY_SUBMITTED, "you already wrote your closing message")
+    written = ChatSession.model_validate(raw)
+    closure = written.closures.of(role)
+    assert closure is not None
+    tell(
+        services,
+        written,
+        other_role(role),
+        ServerFrame.CLOSURE_SUBMITTED,
+        {"role": role.value, "closure": closure.model_dump(mode="json")},
+    )
+    if written.closures.customer is None or written.closures.mitra is None:
+        return written
+    completed = await transition(
+        session_id,
+        Trigger.CLOSURES_DONE,
+        extra_filter={"closures.customer": {"$ne": None}, "closures.mitra": {"$ne": None}},
+    )
+    if completed is None:  # the grace job completed it a moment earlier
+        return await current_session(session_id)
+    services.timers.cancel(session_id)
+    tell_completed(services, completed, Trigger.CLOSURES_DONE)
+    return completed
