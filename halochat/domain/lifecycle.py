@@ -10,6 +10,7 @@ recovery pass rebuilds them from the documents.
 """
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from beanie import PydanticObjectId
@@ -57,7 +58,15 @@ def arm_active_timers(services: Services, session: ChatSession) -> None:
     timers = services.timers
     warn_at = session.ends_at - seconds(services.settings.warning_lead_seconds)
     if warn_at > utcnow() and session.warned_for != session.ends_at:
-        timers.at(session.id, TimerKind.WARNING, warn_at, warning_job, services, session.id)
+        timers.at(
+            session.id,
+            TimerKind.WARNING,
+            warn_at,
+            warning_job,
+            services,
+            session.id,
+            session.ends_at,
+        )
     else:
         timers.cancel(session.id, TimerKind.WARNING)
     timers.at(session.id, TimerKind.EXPIRY, session.ends_at, expiry_job, services, session.id)
@@ -83,9 +92,11 @@ async def on_session_active(services: Services, session: ChatSession) -> None:
 # otherwise swallow a failure into its own log line).
 
 
-async def warning_job(services: Services, session_id: PydanticObjectId) -> None:
+async def warning_job(
+    services: Services, session_id: PydanticObjectId, ends_at: datetime | None = None
+) -> None:
     try:
-        await send_warning(services, session_id)
+        await send_warning(services, session_id, ends_at)
     except Exception:
         log.exception("warning job failed for session %s", session_id)
 
@@ -104,16 +115,22 @@ async def grace_job(services: Services, session_id: PydanticObjectId) -> None:
         log.exception("grace job failed for session %s", session_id)
 
 
-async def send_warning(services: Services, session_id: PydanticObjectId) -> bool:
+async def send_warning(
+    services: Services, session_id: PydanticObjectId, ends_at: datetime | None = None
+) -> bool:
     """ "1 minute left", exactly once per ends_at: the send is claimed by a conditional update
-    of `warned_for`, and only inside the warning window (a stale timer does nothing)."""
-    session = await ChatSession.get(session_id)
-    if session is None or session.state != S.ACTIVE or session.ends_at is None:
-        return False
+    of `warned_for`, and only inside the warning window (a stale timer does nothing).
+
+    A timer passes the ends_at it was armed for, so it costs one database operation; the
+    update's filter on ends_at makes a timer armed before an extension harmless."""
+    if ends_at is None:
+        session = await ChatSession.get(session_id)
+        if session is None or session.state != S.ACTIVE or session.ends_at is None:
+            return False
+        ends_at = session.ends_at
     now = utcnow()
-    ends_at = session.ends_at
     lead = seconds(services.settings.warning_lead_seconds)
-    if not (ends_at - lead <= now < ends_at) or session.warned_for == ends_at:
+    if not (ends_at - lead <= now < ends_at):
         return False
     raw = await ChatSession.get_pymongo_collection().find_one_and_update(
         {
