@@ -28,6 +28,8 @@ AUTH_FRAME_TIMEOUT = 10.0
 CLOSE_AUTH_FAILED = 4401  # private-use close code: the app should refresh its token
 INBOX_SIZE = 256  # frames read but not yet handled, per connection
 
+_workers: set[asyncio.Task[None]] = set()
+
 
 def error_frame(err: ApiError, frame_id: str | None) -> dict[str, Any]:
     return {"type": ServerFrame.ERROR.value, "id": frame_id, "error": err.to_dict()}
@@ -179,6 +181,8 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
     # that runs too far ahead gets rate_limited errors instead of a timed-out connection.
     inbox: asyncio.Queue[ClientEnvelope | dict[str, Any] | None] = asyncio.Queue(INBOX_SIZE)
     worker = asyncio.create_task(_work(services, conn, inbox), name=f"ws-worker-{user.id}")
+    _workers.add(worker)  # a strong reference until it ends (asyncio keeps only weak ones)
+    worker.add_done_callback(_workers.discard)
     try:
         async for text in ws:
             item: ClientEnvelope | dict[str, Any]
@@ -195,9 +199,9 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
                 conn.send(error_frame(_too_many(), frame_id))
     finally:
         # No await before hub.remove: Sanic may cancel this task once the socket is gone.
-        # The worker still handles the frames already read, then stops at the None.
-        try:
-            inbox.put_nowait(None)
-        except asyncio.QueueFull:
-            worker.cancel()  # unanswered frames are retried by the app (client_msg_id)
+        # The client is gone, so frames it got no answer for are dropped (the app retries
+        # them; client_msg_id keeps a retried send single); the frame in hand completes.
+        while not inbox.empty():
+            inbox.get_nowait()
+        inbox.put_nowait(None)
         await services.hub.remove(conn)
