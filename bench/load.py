@@ -439,6 +439,17 @@ def verify_storage(uri: str, db_name: str, acked_ids: list[str]) -> dict[str, An
     client: MongoClient[dict[str, Any]] = MongoClient(uri, tz_aware=True)
     try:
         db = client[db_name]
+        # Sends the server still had in hand when the clients left finish first (a $inc
+        # whose insert is still on its way would read as a gap).
+        previous = None
+        for _ in range(60):
+            current = {
+                d["_id"]: d.get("last_seq") for d in db["sessions"].find({}, {"last_seq": 1})
+            }
+            if current == previous:
+                break
+            previous = current
+            time.sleep(0.5)
         stored: Counter[str] = Counter()
         by_session: dict[Any, list[int]] = {}
         for doc in db["messages"].find({}, {"client_msg_id": 1, "session_id": 1, "seq": 1}):
