@@ -29,5 +29,6 @@ class Transaction(Document):
         indexes = [
             IndexModel([("customer_id", ASCENDING), ("created_at", DESCENDING)]),
             IndexModel([("session_id", ASCENDING)]),
+            IndexModel([("created_at", ASCENDING)]),  # start-up orphan check
             IndexModel([("free_trial_customer_id", ASCENDING)], unique=True, sparse=True),
         ]

@@ -4,6 +4,7 @@ from halochat.constants import OPEN_STATES, SessionState
 from halochat.documents import ChatSession
 from halochat.domain.lifecycle import recover_lifecycle
 from halochat.domain.messaging import recover_messaging
+from halochat.domain.orphans import void_orphan_transactions
 from halochat.domain.pairing import recover_pairing
 from halochat.services import Services
 
@@ -15,5 +16,6 @@ async def recover(services: Services) -> None:
         "_id", {"state": {"$in": chatted}}
     )
     await recover_messaging(open_ids)
+    await void_orphan_transactions()
     await recover_pairing(services)
     await recover_lifecycle(services)
