@@ -30,7 +30,7 @@ from pymongo import ASCENDING, MongoClient
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from halochat.config import Settings
-from halochat.constants import SessionState
+from halochat.constants import Role, SessionState
 from halochat.server import database_uri
 
 SESSION_COLUMNS = [
@@ -128,7 +128,7 @@ def session_record(doc: dict[str, Any]) -> dict[str, Any]:
     }
     for field in ("created_at", "started_at", "ends_at", "ended_at", "completed_at"):
         row[field] = _iso(doc[field]) if doc.get(field) else None
-    for role in ("customer", "mitra"):
+    for role in (Role.CUSTOMER.value, Role.MITRA.value):
         closure = closures.get(role) or {}
         row[f"{role}_closure"] = closure.get("text")
         row[f"{role}_closure_at"] = _iso(closure["at"]) if closure.get("at") else None
