@@ -5,15 +5,13 @@ multi-device, ownership, state rules and bad frames."""
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from bson import ObjectId
 
-from tests.support.clients import Actor, WsClient, api
+from tests.support.clients import Actor, WsClient, api, sockets
 from tests.support.flows import make_pair, open_active_session
 from tests.support.server import ServerProcess
 
@@ -23,18 +21,6 @@ TYPING_INTERVAL = 0.4
 @pytest.fixture(scope="module")
 def server(server_factory: Any) -> ServerProcess:
     return server_factory(env={"HALOCHAT_TYPING_MIN_INTERVAL_SECONDS": str(TYPING_INTERVAL)})
-
-
-@asynccontextmanager
-async def sockets(server: ServerProcess, *actors: Actor) -> AsyncIterator[list[WsClient]]:
-    clients = [await WsClient.open(server.ws_url, a) for a in actors]
-    try:
-        for c in clients:
-            await c.wait_for("ready")
-        yield clients
-    finally:
-        for c in clients:
-            await c.close()
 
 
 @dataclass

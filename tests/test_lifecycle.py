@@ -5,7 +5,6 @@ one tier "minute" is 2 s, the warning comes 1 s before the end, the grace period
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +20,7 @@ from halochat.jobs.timers import Timers
 from halochat.push import PushService
 from halochat.services import Services
 from halochat.ws.hub import Hub
-from tests.support.clients import Actor, WsClient, api
+from tests.support.clients import Actor, WsClient, api, sockets
 from tests.support.fake_fcm import FakeFcm
 from tests.support.flows import make_pair, open_active_session
 from tests.support.server import ServerProcess
@@ -45,18 +44,6 @@ def assert_error(resp: httpx.Response, status: int, code: str) -> dict[str, Any]
     error = resp.json()["error"]
     assert error["code"] == code, error
     return error
-
-
-@asynccontextmanager
-async def sockets(url: str, *actors: Actor) -> AsyncIterator[list[WsClient]]:
-    clients = [await WsClient.open(url, a) for a in actors]
-    try:
-        for c in clients:
-            await c.wait_for("ready")
-        yield clients
-    finally:
-        for c in clients:
-            await c.close()
 
 
 async def post(server: ServerProcess, actor: Actor, path: str, body: Any = None) -> httpx.Response:

@@ -2,8 +2,6 @@
 cancel, roles and ownership; real server, real WebSocket clients, the fake FCM endpoint."""
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -11,7 +9,7 @@ import httpx
 from bson import ObjectId
 
 from halochat.documents.common import utcnow
-from tests.support.clients import Actor, WsClient, api
+from tests.support.clients import Actor, api, sockets
 from tests.support.fake_fcm import FakeFcm
 from tests.support.flows import make_pair, open_active_session
 from tests.support.server import ServerProcess
@@ -39,18 +37,6 @@ def snapshot(server: ServerProcess) -> dict[str, list[dict[str, Any]]]:
         name: list(server.db[name].find({}, sort=[("_id", 1)]))
         for name in ("sessions", "transactions", "users")
     }
-
-
-@asynccontextmanager
-async def sockets(server: ServerProcess, *actors: Actor) -> AsyncIterator[list[WsClient]]:
-    clients = [await WsClient.open(server.ws_url, a) for a in actors]
-    try:
-        for c in clients:
-            await c.wait_for("ready")
-        yield clients
-    finally:
-        for c in clients:
-            await c.close()
 
 
 async def test_flows_helper_opens_an_active_session(server: ServerProcess) -> None:

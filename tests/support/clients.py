@@ -3,6 +3,8 @@
 import asyncio
 import itertools
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +110,21 @@ class WsClient:
     async def close(self) -> None:
         await self.conn.close()
         self._reader.cancel()
+
+
+@asynccontextmanager
+async def sockets(target: Any, *actors: Actor) -> AsyncIterator[list[WsClient]]:
+    """One ready WebSocket per actor (`target`: a ws URL or anything with `.ws_url`),
+    closed on exit."""
+    url = target if isinstance(target, str) else target.ws_url
+    clients = [await WsClient.open(url, a) for a in actors]
+    try:
+        for c in clients:
+            await c.wait_for("ready")
+        yield clients
+    finally:
+        for c in clients:
+            await c.close()
 
 
 def api(base_url: str, actor: Actor | None = None) -> httpx.AsyncClient:
