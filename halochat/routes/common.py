@@ -11,18 +11,14 @@ from sanic.response import HTTPResponse, raw
 
 from halochat.constants import ErrorCode
 from halochat.errors import ApiError, validation_error
+from halochat.json_input import load_object
 
 
 def parse_body[M: BaseModel](request: Request, model: type[M]) -> M:
     """Malformed JSON -> 400 invalid_json; wrong shape or types -> 422 naming the fields."""
     if not request.body:
         raise ApiError(400, ErrorCode.INVALID_JSON, "a JSON object body is required")
-    try:
-        data = orjson.loads(request.body)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, ErrorCode.INVALID_JSON, "body is not valid JSON") from exc
-    if not isinstance(data, dict):
-        raise ApiError(400, ErrorCode.INVALID_JSON, "body must be a JSON object")
+    data = load_object(request.body, "body")
     try:
         return model.model_validate(data)
     except ValidationError as exc:

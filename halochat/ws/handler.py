@@ -8,7 +8,6 @@ import contextlib
 import logging
 from typing import Any
 
-import orjson
 from pydantic import ValidationError
 from pymongo.errors import DuplicateKeyError
 from sanic import Request, Websocket
@@ -17,6 +16,7 @@ from halochat.auth import authenticate, bearer_token
 from halochat.constants import ClientFrame, ErrorCode, ServerFrame
 from halochat.documents import User
 from halochat.errors import ApiError, duplicate_key, validation_error
+from halochat.json_input import load_object
 from halochat.services import Services
 from halochat.ws.hub import Connection, encode
 from halochat.ws.protocol import AppStateIn, ClientEnvelope
@@ -55,12 +55,7 @@ def _readable_id(raw: dict[str, Any]) -> str | None:
 def _parse(services: Services, text: str | bytes) -> ClientEnvelope:
     if len(text) > services.settings.ws_max_frame_bytes:
         raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, "frame too large")
-    try:
-        raw = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, ErrorCode.INVALID_JSON, "frame is not valid JSON") from exc
-    if not isinstance(raw, dict):
-        raise ApiError(400, ErrorCode.INVALID_JSON, "frame must be a JSON object")
+    raw = load_object(text, "frame")
     try:
         return ClientEnvelope.model_validate(raw)
     except ValidationError as exc:
