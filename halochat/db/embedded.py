@@ -136,7 +136,7 @@ class EmbeddedMongo:
         self.stop()
 
 
-def make_engine(path: Path) -> object:
+def make_engine(path: Path, *, inline: bool = False) -> object:
     """The storage engine behind the wire server: mongoeco's SQLiteEngine, with the
     flat-cost fixes of halochat.db.mongoeco_flat when the installed mongoeco is the version
     they were written for (see docs/embedded-db.md)."""
@@ -148,7 +148,7 @@ def make_engine(path: Path) -> object:
     except ImportError:  # mongoeco internals moved: another version
         mongoeco_flat = None
     if mongoeco_flat is not None and mongoeco_flat.patch_applies():
-        return mongoeco_flat.FlatCostSQLiteEngine(str(path))
+        return mongoeco_flat.FlatCostSQLiteEngine(str(path), inline=inline)
     log.warning(
         "mongoeco %s is not the version halochat.db.mongoeco_flat was written for: "
         "the embedded database will slow down as data grows",
@@ -160,7 +160,9 @@ def make_engine(path: Path) -> object:
 async def _serve(data_dir: Path, host: str, port: int) -> None:
     from mongoeco.wire import AsyncMongoEcoProxyServer
 
-    server = AsyncMongoEcoProxyServer(engine=make_engine(data_dir / DB_FILE), host=host, port=port)
+    # inline: this process serves nothing else, so the engine runs its SQLite work on the loop.
+    engine = make_engine(data_dir / DB_FILE, inline=True)
+    server = AsyncMongoEcoProxyServer(engine=engine, host=host, port=port)
     address = await server.start()
     uri = _uri(address.host, address.port)
     state_path = data_dir / STATE_FILE

@@ -32,10 +32,19 @@ The subclass below keeps MongoDB semantics and removes the scans:
 
 Besides: a smaller change outbox (bounded bookkeeping per write) and memory-mapped reads.
 
+Per-operation overhead (docs/embedded-db.md, "Per-operation cost"):
+
+6. With inline=True (only in the embedded child, a process of its own) operations run on
+   the event loop instead of a worker thread each, and
+7. the change hand-off after each write runs without its per-call lease-renewal thread.
+8. A filter {_id: v, f: x, ...} (ObjectId/string v, plain equalities) reads the one document
+   stored under v's key and checks the filter in Python, instead of a full-scan SQL filter.
+
 Pinned to the version it was written against: with any other mongoeco the plain engine is
 used (make_engine logs a warning) until this module is re-checked.
 """
 
+import contextvars
 import math
 import sqlite3
 import threading
@@ -46,16 +55,24 @@ from typing import Any
 
 import mongoeco
 from mongoeco.core.codec import DocumentCodec
+from mongoeco.core.filtering import QueryEngine
 from mongoeco.core.identity import id_contains_numeric_value
 from mongoeco.core.paths import get_document_value
+from mongoeco.core.query_plan import AndCondition, EqualsCondition
+from mongoeco.engines._sqlite_connection import sqlite_read_scope
 from mongoeco.engines._sqlite_plan_heuristics import sort_requires_python
-from mongoeco.engines.sqlite import SQLiteEngine
+from mongoeco.engines.sqlite import (
+    _SQLITE_CHANGE_DISPATCH,
+    SQLiteEngine,
+    _ChangeDispatchHeartbeat,
+)
 from mongoeco.engines.sqlite_query import (
     json_path_for_field,
     type_expression_sql,
     value_expression_sql,
 )
 from mongoeco.engines.virtual_indexes import document_in_virtual_index
+from mongoeco.types import ObjectId
 
 PATCHED_VERSION = "4.11.0"
 MMAP_BYTES = 1 << 30  # address space only; pages come from the OS page cache
@@ -140,13 +157,60 @@ def _narrowing_condition(field: str, value: Any) -> list[tuple[str, list[Any]]] 
     return None
 
 
+def _id_with_equalities(plan: Any) -> Any:
+    """v when `plan` is {_id: v, f: x, ...}: v an ObjectId or string, each x a plain scalar."""
+    if not isinstance(plan, AndCondition):
+        return None
+    found = None
+    for clause in plan.clauses:
+        if type(clause) is not EqualsCondition or isinstance(clause.value, (dict, list)):
+            return None
+        if clause.field == "_id" and type(clause.value) in (ObjectId, str) and found is None:
+            found = clause.value
+    return found
+
+
 class FlatCostSQLiteEngine(SQLiteEngine):
     """SQLiteEngine whose insert/find/update cost does not grow with the collection."""
 
-    def __init__(self, path: str, **kwargs: Any) -> None:
+    def __init__(self, path: str, *, inline: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("change_outbox_max_entries", CHANGE_OUTBOX_MAX_ENTRIES)
         super().__init__(path, **kwargs)
         self._flat = threading.local()
+        self._inline = inline
+
+    # 6 + 7: per-operation overhead (only with inline=True: a process of its own) ------------
+
+    async def _run_blocking(self, func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        # mongoeco hands each operation to a worker thread so that it never blocks the
+        # caller's event loop. The embedded child's loop does nothing else, and its event loop
+        # thread running the SQLite work directly saves two thread hand-offs per operation.
+        # Operations still run one at a time and commit before they return; the context is
+        # copied as mongoeco does for its workers.
+        if not self._inline:
+            return await super()._run_blocking(func, *args, **kwargs)
+        return contextvars.copy_context().run(func, *args, **kwargs)
+
+    def dispatch_committed_changes(self, consumer_id: str, consumer: Any) -> None:
+        # After every write mongoeco hands the new change-outbox entries to the change-stream
+        # hub under a lease, and starts (and joins) a thread that renews the lease every 10 s
+        # in case the hand-off is slow. Inline, the hand-off of one write's entry takes well
+        # under a millisecond and nothing else runs meanwhile, so the 30 s lease needs no
+        # renewing: the same lease, hand-off and checkpoints, without the thread.
+        if not self._inline:
+            super().dispatch_committed_changes(consumer_id, consumer)
+            return
+        with _SQLITE_CHANGE_DISPATCH.hold(f"{self._change_dispatch_scope}\0{consumer_id}"):
+            generation = self._acquire_change_dispatch_lease(consumer_id)
+            try:
+                self._dispatch_committed_changes_serial(
+                    consumer_id,
+                    consumer,
+                    generation=generation,
+                    heartbeat=_ChangeDispatchHeartbeat(),
+                )
+            finally:
+                self._release_change_dispatch_lease(consumer_id, generation)
 
     # 5: connections -------------------------------------------------------------------------
 
@@ -310,6 +374,35 @@ class FlatCostSQLiteEngine(SQLiteEngine):
             type_expression_sql=type_expression_sql,
             json_path_for_field=json_path_for_field,
         )
+
+    # 8: a filter on _id plus equalities (a conditional find_one_and_update) -----------------
+
+    def _select_first_document_for_plan(
+        self, db_name: str, coll_name: str, plan: Any, *, hint: Any = None, context: Any = None
+    ) -> tuple[str, Any] | None:
+        # mongoeco reads a lone {_id: v} by primary key, but {_id: v, state: s} goes through
+        # the generic filter SQL, which no index serves: a full collection scan per
+        # conditional update. At most the document stored under v's key can match; it is
+        # fetched by key and the whole filter checked in Python, as mongoeco's own _id path
+        # does. Only ObjectId/string _ids (numbers of several types share one key rule) and
+        # plain equalities elsewhere take this path.
+        document_id = _id_with_equalities(plan) if hint is None else None
+        if document_id is None:
+            return super()._select_first_document_for_plan(
+                db_name, coll_name, plan, hint=hint, context=context
+            )
+        conn = self._require_connection(context)
+        with self._bind_connection(conn), sqlite_read_scope(conn):
+            row = conn.execute(
+                "SELECT storage_key, document FROM documents "
+                "WHERE db_name = ? AND coll_name = ? AND storage_key = ?",
+                (db_name, coll_name, self._storage_key(document_id)),
+            ).fetchone()
+        if row is None:
+            return None
+        storage_key, payload = row
+        document = self._deserialize_document(payload)
+        return (storage_key, document) if QueryEngine.match_plan(document, plan) else None
 
     # 3: the collection feature cache ----------------------------------------------------
     # Inserts and updates run in a "writing" scope that collects the documents they store
