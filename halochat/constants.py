@@ -11,6 +11,11 @@ class Role(StrEnum):
     MITRA = "mitra"
     ADMIN = "admin"
 
+    @property
+    def counterpart(self) -> "Role":
+        """The other party of a session: customer <-> Mitra."""
+        return Role.MITRA if self == Role.CUSTOMER else Role.CUSTOMER
+
 
 class AuthMode(StrEnum):
     LOCAL = "local"  # HS256 JWTs signed with HALOCHAT_JWT_SECRET

@@ -61,7 +61,7 @@ def session_view(session: ChatSession, viewer_role: Role | None = None) -> dict[
             {
                 "id": str(other_id),
                 "name": other_name,
-                "role": (Role.MITRA if viewer_role == Role.CUSTOMER else Role.CUSTOMER).value,
+                "role": viewer_role.counterpart.value,
             }
             if other_id is not None
             else None
@@ -71,7 +71,7 @@ def session_view(session: ChatSession, viewer_role: Role | None = None) -> dict[
 
 def message_status(message: Message, session: ChatSession) -> MessageStatus:
     """Status as the sender sees it, from the *recipient's* watermarks."""
-    recipient = Role.MITRA if message.sender_role == Role.CUSTOMER else Role.CUSTOMER
+    recipient = message.sender_role.counterpart
     mark = getattr(session.watermarks, recipient.value)
     if mark.read >= message.seq:
         return MessageStatus.READ

@@ -18,7 +18,6 @@ from halochat.domain.lifecycle import S, arm_grace_timer
 from halochat.domain.session_events import (
     current_session,
     grace_fields,
-    other_role,
     tell,
     tell_closing,
     tell_completed,
@@ -87,7 +86,7 @@ async def submit_closure(
     tell(
         services,
         written,
-        other_role(role),
+        role.counterpart,
         ServerFrame.CLOSURE_SUBMITTED,
         {"role": role.value, "closure": closure.model_dump(mode="json")},
     )

@@ -107,10 +107,6 @@ def _party_filter(who: Sender) -> dict[str, Any]:
     return {field: who.id}
 
 
-def _other(role: Role) -> Role:
-    return Role.MITRA if role == Role.CUSTOMER else Role.CUSTOMER
-
-
 def _now_ms() -> datetime:
     # MongoDB keeps milliseconds: the ack must show what history will show.
     now = utcnow()
@@ -229,7 +225,7 @@ async def _store_and_deliver(
                 return await _retried(who, session_id, stored)
             raise
         message = Message.model_validate(doc)
-        recipient_role = _other(who.role)
+        recipient_role = who.role.counterpart
         recipient_id = updated[f"{recipient_role.value}_id"]
         sender_name = updated.get(f"{who.role.value}_name") or ""
         push = Push(
@@ -357,7 +353,7 @@ async def receipt(
         "read": read,
     }
     if (delivered, read) != (old_delivered, old_read):
-        other_id = before.get(f"{_other(who.role).value}_id")
+        other_id = before.get(f"{who.role.counterpart.value}_id")
         services.notify(other_id, ServerFrame.RECEIPT, data)
         for conn in services.hub.connections(who.id):
             if conn is not origin:

@@ -22,10 +22,6 @@ from halochat.views import session_view
 PARTIES = (Role.CUSTOMER, Role.MITRA)
 
 
-def other_role(role: Role) -> Role:
-    return Role.MITRA if role == Role.CUSTOMER else Role.CUSTOMER
-
-
 def party_id(session: ChatSession, role: Role) -> PydanticObjectId | None:
     return session.customer_id if role == Role.CUSTOMER else session.mitra_id
 
@@ -43,7 +39,7 @@ def session_push(
         data={
             "other_id": other_id,
             "other_name": other_name,
-            "other_role": other_role(role).value,
+            "other_role": role.counterpart.value,
             "state": session.state.value,
             **data,
         },
