@@ -148,6 +148,8 @@ def make_engine(path: Path, *, inline: bool = False) -> object:
     except ImportError:  # mongoeco internals moved: another version
         mongoeco_flat = None
     if mongoeco_flat is not None and mongoeco_flat.patch_applies():
+        if inline:  # the embedded child: a process of its own, so patching mongoeco is safe
+            mongoeco_flat.install_batch_insert_command()
         return mongoeco_flat.FlatCostSQLiteEngine(str(path), inline=inline)
     log.warning(
         "mongoeco %s is not the version halochat.db.mongoeco_flat was written for: "

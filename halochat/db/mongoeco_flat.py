@@ -39,6 +39,11 @@ Per-operation overhead (docs/embedded-db.md, "Per-operation cost"):
 7. the change hand-off after each write runs without its per-call lease-renewal thread.
 8. A filter {_id: v, f: x, ...} (ObjectId/string v, plain equalities) reads the one document
    stored under v's key and checks the filter in Python, instead of a full-scan SQL filter.
+9. The wire `insert` command with several documents (pymongo's insert_many) goes through
+   mongoeco's own insert_many, i.e. its batch path: one transaction and one index pass for
+   the whole batch, instead of one insert_one (and one commit) per document. Per-document
+   errors (duplicate keys) are reported exactly as before. `install_batch_insert_command`
+   applies it; only the embedded child calls it.
 
 Pinned to the version it was written against: with any other mongoeco the plain engine is
 used (make_engine logs a warning) until this module is re-checked.
@@ -54,6 +59,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import mongoeco
+from mongoeco.api._async import _database_admin_write_commands as _write_commands
 from mongoeco.core.codec import DocumentCodec
 from mongoeco.core.filtering import QueryEngine
 from mongoeco.core.identity import id_contains_numeric_value
@@ -72,7 +78,8 @@ from mongoeco.engines.sqlite_query import (
     value_expression_sql,
 )
 from mongoeco.engines.virtual_indexes import document_in_virtual_index
-from mongoeco.types import ObjectId
+from mongoeco.errors import BulkWriteError
+from mongoeco.types import ObjectId, WriteCommandResult, WriteErrorEntry
 
 PATCHED_VERSION = "4.11.0"
 MMAP_BYTES = 1 << 30  # address space only; pages come from the OS page cache
@@ -512,4 +519,59 @@ class FlatCostSQLiteEngine(SQLiteEngine):
             cache[key] = old if new == old else False
 
 
-__all__ = ["PATCHED_VERSION", "FlatCostSQLiteEngine", "patch_applies"]
+# 9: the wire insert command ----------------------------------------------------------------
+
+
+def _write_error_entry(raw: dict[str, Any]) -> WriteErrorEntry:
+    details = {k: v for k, v in raw.items() if k not in ("index", "errmsg", "code", "op")}
+    return WriteErrorEntry(
+        index=raw["index"], errmsg=raw["errmsg"], code=raw.get("code"), details=details or None
+    )
+
+
+def install_batch_insert_command() -> None:
+    """Routes multi-document wire inserts through mongoeco's insert_many (see point 9)."""
+    service = _write_commands.DatabaseAdminWriteCommandService
+    original = service.command_insert
+    if getattr(original, "halochat_batch", False):
+        return
+
+    async def command_insert(self: Any, spec: dict[str, Any], *, session: Any = None) -> Any:
+        documents = spec.get("documents")
+        if not isinstance(documents, list) or len(documents) < 2:
+            return await original(self, spec, session=session)
+        # The same parsing as mongoeco's command_insert.
+        admin = self._admin
+        name = admin._require_collection_name(spec.get("insert"), "insert")
+        documents = admin._normalize_insert_documents(documents)
+        ordered = admin._normalize_ordered_from_command(spec.get("ordered"))
+        bypass = _write_commands.command_boolean(
+            spec.get("bypassDocumentValidation", False), "bypassDocumentValidation", numeric=True
+        )
+        acknowledged = _write_commands.write_command_acknowledged(
+            spec, dialect=admin._mongodb_dialect.key
+        )
+        collection = admin._database.get_collection(name)
+        try:
+            await collection.insert_many(
+                documents, ordered=ordered, bypass_document_validation=bypass, session=session
+            )
+        except BulkWriteError as exc:
+            result = WriteCommandResult(
+                count=exc.details["nInserted"],
+                write_errors=[_write_error_entry(e) for e in exc.details["writeErrors"]],
+            )
+        else:
+            result = WriteCommandResult(count=len(documents))
+        return _write_commands._write_command_result(result, acknowledged=acknowledged)
+
+    command_insert.halochat_batch = True  # type: ignore[attr-defined]
+    service.command_insert = command_insert
+
+
+__all__ = [
+    "PATCHED_VERSION",
+    "FlatCostSQLiteEngine",
+    "install_batch_insert_command",
+    "patch_applies",
+]
