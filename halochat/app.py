@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> Sanic:
         services: Services = app.ctx.services
         services.timers.shutdown()
         await services.hub.close_all()
+        await services.message_writer.aclose()
         await services.push.drain()
         await services.push.aclose()
         await services.client.close()

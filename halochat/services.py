@@ -1,6 +1,6 @@
 """The per-app service container handed to domain functions (app.ctx.services)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from beanie import PydanticObjectId
@@ -8,6 +8,8 @@ from pymongo import AsyncMongoClient
 
 from halochat.config import Settings
 from halochat.constants import ServerFrame
+from halochat.db.group_commit import InsertBatcher
+from halochat.documents import Message
 from halochat.jobs.timers import Timers
 from halochat.push import Push, PushService
 from halochat.ws.hub import Hub
@@ -24,6 +26,10 @@ class Services:
     hub: Hub
     push: PushService
     timers: Timers
+    # Chat messages are stored through one group-committing writer (messaging.py).
+    message_writer: InsertBatcher = field(
+        default_factory=lambda: InsertBatcher(Message.get_pymongo_collection)
+    )
 
     def notify(
         self,

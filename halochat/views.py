@@ -4,6 +4,7 @@ from typing import Any
 
 from halochat.constants import MessageStatus, Role
 from halochat.documents import AppConfig, ChatSession, Message, User
+from halochat.domain.live_sessions import current_last_seq
 
 
 def user_view(user: User) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def session_view(session: ChatSession, viewer_role: Role | None = None) -> dict[
             role.value: (c.model_dump(mode="json") if (c := session.closures.of(role)) else None)
             for role in (Role.CUSTOMER, Role.MITRA)
         },
-        "last_seq": session.last_seq,
+        "last_seq": current_last_seq(session),
         "watermarks": session.watermarks.model_dump(mode="json"),
     }
     if viewer_role is not None:

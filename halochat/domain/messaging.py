@@ -1,10 +1,12 @@
 """Chat messages (DESIGN.md "Messages"): ordered durable sends, receipts, typing, resync.
 
 Ordering: the server is one process, so an in-process asyncio.Lock per session serialises
-"retry? -> conditional $inc of last_seq (only while ACTIVE) -> insert -> deliver". Seqs are
-therefore gap-free and every device receives a session's message.new frames in seq order;
-the unique indexes (session_id, seq) and (session_id, client_msg_id) back it in the database.
-A hello replays under the same locks, so a replay never interleaves with live delivery.
+"ACTIVE and a party? -> next seq -> insert -> deliver" (halochat/domain/live_sessions.py keeps
+the state and the counter in memory: one database write per message, the insert, which leaves
+with the other sessions' concurrent inserts as one insert_many). Seqs are therefore gap-free
+and every device receives a session's message.new frames in seq order; the unique indexes
+(session_id, seq) and (session_id, client_msg_id) back it in the database. A hello replays
+under the same locks, so a replay never interleaves with live delivery.
 """
 
 import asyncio
@@ -14,7 +16,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from weakref import WeakValueDictionary
 
 from beanie import PydanticObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
@@ -32,7 +33,9 @@ from halochat.constants import (
 )
 from halochat.documents import ChatSession, Message, User
 from halochat.documents.common import utcnow
+from halochat.domain import live_sessions
 from halochat.domain.access import invalid_state, load_session, session_not_found
+from halochat.domain.live_sessions import LiveSession, current_last_seq, session_lock
 from halochat.errors import ApiError
 from halochat.push import Push
 from halochat.services import Services, frame
@@ -43,34 +46,29 @@ PREVIEW_CHARS = 100
 REPLAY_BATCH = 500
 MAX_HELLO_SESSIONS = 500
 
-# Locks vanish with their last user (no per-session cleanup needed).
-_locks: WeakValueDictionary[PydanticObjectId, asyncio.Lock] = WeakValueDictionary()
 # (user, session) -> monotonic time of the last forwarded typing event.
 _typing_last: dict[tuple[PydanticObjectId, PydanticObjectId], float] = {}
 
 
-def session_lock(session_id: PydanticObjectId) -> asyncio.Lock:
-    lock = _locks.get(session_id)
-    if lock is None:
-        lock = _locks[session_id] = asyncio.Lock()
-    return lock
-
-
-async def _repair_seq(session_id: PydanticObjectId) -> None:
-    """A crash between the $inc of last_seq and the insert leaves last_seq ahead of the
-    stored messages. Lowering it back (under the session lock) keeps seqs gap-free."""
+async def _stored_last_seq(session_id: PydanticObjectId) -> int:
     last = await Message.get_pymongo_collection().find_one(
         {"session_id": session_id}, projection={"seq": 1}, sort=[("seq", DESCENDING)]
     )
-    stored = last["seq"] if last else 0
+    return last["seq"] if last else 0
+
+
+async def _repair_seq(session_id: PydanticObjectId) -> None:
+    """While ACTIVE, last_seq is only stored when the session leaves ACTIVE; after a crash it
+    is behind the stored messages (or, from older versions, ahead). Setting it to the last
+    stored seq (under the session lock) keeps seqs gap-free and history complete."""
+    stored = await _stored_last_seq(session_id)
     await ChatSession.get_pymongo_collection().update_one(
-        {"_id": session_id, "last_seq": {"$gt": stored}}, {"$set": {"last_seq": stored}}
+        {"_id": session_id, "last_seq": {"$ne": stored}}, {"$set": {"last_seq": stored}}
     )
 
 
 async def recover_messaging(open_session_ids: list[PydanticObjectId]) -> None:
-    """Start-up: repair last_seq of the open sessions a crash may have left ahead. Only a
-    crash leaves it ahead (a failed insert gives its seq back), so this once is enough."""
+    """Start-up, before serving: make last_seq of the open sessions match their messages."""
     for session_id in open_session_ids:
         async with session_lock(session_id):
             await _repair_seq(session_id)
@@ -177,57 +175,17 @@ async def _store_and_deliver(
     body: str,
     origin: Connection | None,
 ) -> SendResult:
-    sessions = ChatSession.get_pymongo_collection()
-    messages = Message.get_pymongo_collection()
     async with session_lock(session_id):
-        # Two round trips per send: the conditional $inc (state and party checked in the
-        # same update) and the insert; a retried client_msg_id is caught by its unique index.
-        updated = await sessions.find_one_and_update(
-            {"_id": session_id, "state": SessionState.ACTIVE.value, **_party_filter(who)},
-            {"$inc": {"last_seq": 1}},
-            projection={
-                "last_seq": 1,
-                "customer_id": 1,
-                "mitra_id": 1,
-                "customer_name": 1,
-                "mitra_name": 1,
-            },
-            return_document=ReturnDocument.AFTER,
-        )
-        if updated is None:
+        live = await live_sessions.load(session_id)
+        if live is None or live.party_id(who.role) != who.id:
             # A retry of a message stored before the session left ACTIVE still gets its ack.
-            if stored := await _stored(session_id, client_msg_id):
+            if live is None and (stored := await _stored(session_id, client_msg_id)):
                 return await _retried(who, session_id, stored)
             raise await _why_refused(who, session_id, "send messages")
-        seq: int = updated["last_seq"]
-        doc = {
-            "_id": PydanticObjectId(),
-            "session_id": session_id,
-            "seq": seq,
-            "sender_id": who.id,
-            "sender_role": who.role.value,
-            "client_msg_id": client_msg_id,
-            "body": body,
-            "created_at": _now_ms(),
-        }
-        try:
-            await messages.insert_one(doc)
-        except Exception as exc:
-            # Unless it was stored after all, give the seq back (we still hold the lock:
-            # nobody took the next one), so seqs stay gap-free.
-            if await messages.find_one({"session_id": session_id, "seq": seq}) is None:
-                await sessions.update_one(
-                    {"_id": session_id, "last_seq": seq}, {"$inc": {"last_seq": -1}}
-                )
-            if isinstance(exc, DuplicateKeyError) and (
-                stored := await _stored(session_id, client_msg_id)
-            ):
-                return await _retried(who, session_id, stored)
-            raise
-        message = Message.model_validate(doc)
-        recipient_role = who.role.counterpart
-        recipient_id = updated[f"{recipient_role.value}_id"]
-        sender_name = updated.get(f"{who.role.value}_name") or ""
+        message = await _insert_next(services, live, who, client_msg_id, body)
+        if isinstance(message, SendResult):
+            return message
+        sender_name = live.party_name(who.role)
         push = Push(
             type=PushType.CHAT_MESSAGE,
             session_id=str(session_id),
@@ -241,13 +199,44 @@ async def _store_and_deliver(
                 "other_id": str(who.id),
                 "other_name": sender_name,
                 "other_role": who.role.value,
-                "seq": seq,
+                "seq": message.seq,
                 "message_id": str(message.id),
             },
         )
         data = {"session_id": str(session_id), "message": message_view(message)}
-        _deliver(services, session_id, seq, data, recipient_id, who.id, push, origin)
+        recipient_id = live.party_id(who.role.counterpart)
+        _deliver(services, session_id, message.seq, data, recipient_id, who.id, push, origin)
         return SendResult(message, replayed=False)
+
+
+async def _insert_next(
+    services: Services, live: LiveSession, who: Sender, client_msg_id: str, body: str
+) -> Message | SendResult:
+    """Stores the message under live.last_seq + 1 (called under the session lock). The seq
+    is only taken once the insert succeeded, so a failed insert leaves no gap."""
+    for _ in range(2):
+        doc = {
+            "_id": PydanticObjectId(),
+            "session_id": live.id,
+            "seq": live.last_seq + 1,
+            "sender_id": who.id,
+            "sender_role": who.role.value,
+            "client_msg_id": client_msg_id,
+            "body": body,
+            "created_at": _now_ms(),
+        }
+        try:
+            await services.message_writer.insert(doc)
+        except DuplicateKeyError:
+            if stored := await _stored(live.id, client_msg_id):
+                return await _retried(who, live.id, stored)
+            # The seq was taken: the counter is behind the stored messages (an insert whose
+            # outcome was unknown, say). Catch up and try once more.
+            live.last_seq = max(live.last_seq, await _stored_last_seq(live.id))
+            continue
+        live.last_seq = doc["seq"]
+        return Message.model_validate(doc)
+    raise ApiError(503, ErrorCode.UNAVAILABLE, "could not store the message, retry it")
 
 
 async def _stored(session_id: PydanticObjectId, client_msg_id: str) -> Message | None:
@@ -326,11 +315,14 @@ async def receipt(
     marks = {f"{base}.delivered": seq}
     if kind == ReceiptKind.READ:
         marks[f"{base}.read"] = seq
+    # A live session's counter is ahead of its stored last_seq (live_sessions.py).
+    live = live_sessions.get(session_id)
+    seq_known = {} if live is not None and seq <= live.last_seq else {"last_seq": {"$gte": seq}}
     before = await ChatSession.get_pymongo_collection().find_one_and_update(
         {
             "_id": session_id,
             "state": {"$ne": SessionState.PAIRING.value},
-            "last_seq": {"$gte": seq},
+            **seq_known,
             **_party_filter(who),
         },
         {"$max": marks},
@@ -341,7 +333,9 @@ async def receipt(
         session = await _party_session(who, session_id)
         if session.state == SessionState.PAIRING:
             raise invalid_state(session, "send receipts")
-        raise invalid_input("seq is beyond the session's last message", last_seq=session.last_seq)
+        raise invalid_input(
+            "seq is beyond the session's last message", last_seq=current_last_seq(session)
+        )
     old = (before.get("watermarks") or {}).get(who.role.value) or {}
     old_delivered, old_read = old.get("delivered", 0), old.get("read", 0)
     delivered = max(old_delivered, seq)
@@ -454,7 +448,8 @@ async def resync(conn: Connection, plan: HelloPlan, send_ack: Callable[[], None]
 
 async def _replay(conn: Connection, session: ChatSession, last_seq: int) -> None:
     # Messages this device already got live (since it connected) are not repeated.
-    upto = min(conn.live_from_seq.get(session.id, session.last_seq + 1) - 1, session.last_seq)
+    last = current_last_seq(session)
+    upto = min(conn.live_from_seq.get(session.id, last + 1) - 1, last)
     after = last_seq
     while after < upto:
         docs = await _messages_between(session.id, after, upto)

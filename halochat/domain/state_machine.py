@@ -3,6 +3,10 @@
 Every transition is ONE conditional update on the session document (`state in from_states`),
 so duplicate timers, concurrent accepts, or two server processes produce exactly one change:
 the loser gets None back and does nothing.
+
+Leaving ACTIVE also ends the session's chat: it waits for the session lock (no send is half
+done), stores the live message counter in the same update and drops the LiveSession, so a
+later send sees the new state (halochat/domain/live_sessions.py).
 """
 
 from enum import StrEnum
@@ -14,6 +18,7 @@ from pymongo import ReturnDocument
 from halochat.constants import FINAL_STATES, SessionState
 from halochat.documents import ChatSession
 from halochat.documents.common import utcnow
+from halochat.domain import live_sessions
 
 S = SessionState
 
@@ -73,6 +78,26 @@ async def transition(
     `extra_update` merges further operators (e.g. {"$push": ...}) into the same update.
     """
     edge = TRANSITIONS[trigger]
+    if S.ACTIVE not in edge.sources:
+        return await _apply(session_id, edge, set_fields, unset_fields, extra_filter, extra_update)
+    async with live_sessions.session_lock(session_id):
+        if (live := live_sessions.get(session_id)) is not None:
+            extra_update = {**(extra_update or {})}
+            extra_update["$max"] = {**extra_update.get("$max", {}), "last_seq": live.last_seq}
+        done = await _apply(session_id, edge, set_fields, unset_fields, extra_filter, extra_update)
+        if done is not None:
+            live_sessions.forget(session_id)
+        return done
+
+
+async def _apply(
+    session_id: PydanticObjectId,
+    edge: Edge,
+    set_fields: dict[str, Any] | None,
+    unset_fields: tuple[str, ...],
+    extra_filter: dict[str, Any] | None,
+    extra_update: dict[str, Any] | None,
+) -> ChatSession | None:
     now = utcnow()
     fields: dict[str, Any] = {"state": edge.target.value, "updated_at": now}
     fields.update(set_fields or {})

@@ -1,0 +1,94 @@
+"""What the server process keeps about the sessions being chatted in: a lock per session and,
+for ACTIVE sessions, the parties and the message counter.
+
+The server is one process (DESIGN.md), so this in-memory state is authoritative while it
+runs and lets a chat message cost one database write (its insert) instead of two:
+
+- A LiveSession is loaded on the first send of an ACTIVE session and then holds the session's
+  `last_seq`; sends take the next seq under the session lock.
+- The stored `last_seq` is written when the session leaves ACTIVE (in the same conditional
+  update as the transition, under the session lock, see state_machine.transition) and
+  repaired from the stored messages at start-up after a crash. So whenever no LiveSession
+  exists, the stored `last_seq` is exact; while one exists, `current_last_seq` is the truth.
+- Leaving ACTIVE drops the LiveSession, so the next send reloads the state and is refused.
+"""
+
+import asyncio
+from dataclasses import dataclass
+from weakref import WeakValueDictionary
+
+from beanie import PydanticObjectId
+
+from halochat.constants import Role, SessionState
+from halochat.documents import ChatSession
+
+# Locks vanish with their last user (no per-session cleanup needed).
+_locks: WeakValueDictionary[PydanticObjectId, asyncio.Lock] = WeakValueDictionary()
+
+
+def session_lock(session_id: PydanticObjectId) -> asyncio.Lock:
+    """Serialises a session's sends, replays and its transitions out of ACTIVE."""
+    lock = _locks.get(session_id)
+    if lock is None:
+        lock = _locks[session_id] = asyncio.Lock()
+    return lock
+
+
+@dataclass
+class LiveSession:
+    id: PydanticObjectId
+    customer_id: PydanticObjectId
+    mitra_id: PydanticObjectId
+    customer_name: str
+    mitra_name: str
+    last_seq: int
+
+    def party_id(self, role: Role) -> PydanticObjectId:
+        return self.customer_id if role == Role.CUSTOMER else self.mitra_id
+
+    def party_name(self, role: Role) -> str:
+        return self.customer_name if role == Role.CUSTOMER else self.mitra_name
+
+
+_live: dict[PydanticObjectId, LiveSession] = {}
+
+
+def get(session_id: PydanticObjectId) -> LiveSession | None:
+    return _live.get(session_id)
+
+
+async def load(session_id: PydanticObjectId) -> LiveSession | None:
+    """The session's LiveSession if it is ACTIVE (loaded on first use). Call under its lock."""
+    if (live := _live.get(session_id)) is not None:
+        return live
+    raw = await ChatSession.get_pymongo_collection().find_one(
+        {"_id": session_id, "state": SessionState.ACTIVE.value},
+        projection={
+            "customer_id": 1,
+            "mitra_id": 1,
+            "customer_name": 1,
+            "mitra_name": 1,
+            "last_seq": 1,
+        },
+    )
+    if raw is None or raw.get("mitra_id") is None:
+        return None
+    live = _live[session_id] = LiveSession(
+        id=session_id,
+        customer_id=raw["customer_id"],
+        mitra_id=raw["mitra_id"],
+        customer_name=raw.get("customer_name") or "",
+        mitra_name=raw.get("mitra_name") or "",
+        last_seq=raw.get("last_seq", 0),
+    )
+    return live
+
+
+def forget(session_id: PydanticObjectId) -> None:
+    _live.pop(session_id, None)
+
+
+def current_last_seq(session: ChatSession) -> int:
+    """The session's last message seq, the live counter included."""
+    live = _live.get(session.id) if session.id is not None else None
+    return max(session.last_seq, live.last_seq) if live is not None else session.last_seq
