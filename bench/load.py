@@ -17,7 +17,7 @@ processes and runs two phases:
 
 Then the same clients drive bench/relay.py identically, and the ratios are printed.
 Afterwards it checks in the database that every acked message is stored exactly once and
-every session's seqs are 1..last_seq without gap.
+every session's seqs are 1..n without gap.
 """
 
 import argparse
@@ -435,17 +435,16 @@ async def pair_sessions(server: HalochatServer, admin_token: str, n: int) -> lis
 
 
 def verify_storage(uri: str, db_name: str, acked_ids: list[str]) -> dict[str, Any]:
-    """Every acked message stored exactly once; each session's seqs are 1..last_seq."""
+    """Every acked message stored exactly once; each session's seqs are 1..n without gap.
+    (The stored last_seq of an ACTIVE session trails by design: halochat/domain/
+    live_sessions.py. The seqs themselves must still be gap-free.)"""
     client: MongoClient[dict[str, Any]] = MongoClient(uri, tz_aware=True)
     try:
         db = client[db_name]
-        # Sends the server still had in hand when the clients left finish first (a $inc
-        # whose insert is still on its way would read as a gap).
+        # Sends the server still had in hand when the clients left finish first.
         previous = None
         for _ in range(60):
-            current = {
-                d["_id"]: d.get("last_seq") for d in db["sessions"].find({}, {"last_seq": 1})
-            }
+            current = db["messages"].estimated_document_count()
             if current == previous:
                 break
             previous = current
@@ -455,9 +454,6 @@ def verify_storage(uri: str, db_name: str, acked_ids: list[str]) -> dict[str, An
         for doc in db["messages"].find({}, {"client_msg_id": 1, "session_id": 1, "seq": 1}):
             stored[doc["client_msg_id"]] += 1
             by_session.setdefault(doc["session_id"], []).append(doc["seq"])
-        last_seq = {
-            d["_id"]: d.get("last_seq", 0) for d in db["sessions"].find({}, {"last_seq": 1})
-        }
     finally:
         client.close()
     missing = sum(1 for i in set(acked_ids) if stored[i] == 0)
@@ -465,7 +461,7 @@ def verify_storage(uri: str, db_name: str, acked_ids: list[str]) -> dict[str, An
     gaps = sum(
         1
         for sid, seqs in by_session.items()
-        if sorted(seqs) != list(range(1, last_seq.get(sid, 0) + 1))
+        if sorted(seqs) != list(range(1, len(seqs) + 1))
     )
     return {
         "stored": sum(stored.values()),

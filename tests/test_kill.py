@@ -14,7 +14,7 @@ import pytest
 from bson import ObjectId
 
 from tests.support.clients import Actor, WsClient, api
-from tests.support.flows import make_pair, open_active_session
+from tests.support.flows import make_pair, open_active_session, session_view
 from tests.support.server import ServerProcess
 
 MINUTE = 5.0  # seconds per tier minute: the test tier "test-1m" lasts 5 s
@@ -52,13 +52,6 @@ class Side:
 
 def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-
-
-async def get_session(server: ServerProcess, actor: Actor, session_id: str) -> dict[str, Any]:
-    async with api(server.base_url, actor) as http:
-        r = await http.get(f"/v1/sessions/{session_id}")
-        assert r.status_code == 200, r.text
-        return r.json()["session"]
 
 
 async def full_history(server: ServerProcess, actor: Actor, session_id: str) -> list[dict]:
@@ -151,15 +144,15 @@ async def test_sigkill_mid_stream_loses_nothing_and_reconciles_timers(
 
     # Timers that fell due while down are reconciled at start-up, before serving.
     ws_a = await WsClient.open(server.ws_url, cust_a)
-    after_a = await get_session(server, cust_a, session_a["id"])
+    after_a = await session_view(server, cust_a, session_a["id"])
     assert after_a["state"] in ("EXPIRED", "COMPLETED"), after_a
     assert after_a["ended_at"] is not None
     if after_a["state"] == "EXPIRED":  # and its grace timer was re-armed
         await ws_a.wait_for("session.completed", timeout=GRACE + 10, session_id=session_a["id"])
-        after_a = await get_session(server, cust_a, session_a["id"])
+        after_a = await session_view(server, cust_a, session_a["id"])
     assert after_a["state"] == "COMPLETED"
     await ws_a.close()
-    after_b = await get_session(server, cust_b, session_b["id"])
+    after_b = await session_view(server, cust_b, session_b["id"])
     assert after_b["state"] == "COMPLETED", after_b
     assert parse_time(after_b["completed_at"]) >= stored_b["grace_deadline"]
 
@@ -175,7 +168,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_reconciles_timers(
             assert by_cmid[cmid]["seq"] == seq
             assert by_cmid[cmid]["body"] == side.sent[cmid]
     last_seq = len(history)
-    assert (await get_session(server, customer, sid))["last_seq"] == last_seq
+    assert (await session_view(server, customer, sid))["last_seq"] == last_seq
 
     # Reconnect + hello: exactly the missed seqs, in order, nothing twice.
     for side in sides:

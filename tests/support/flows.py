@@ -29,3 +29,11 @@ async def open_active_session(
         session = (await http.get(f"/v1/sessions/{session_id}")).json()["session"]
     assert session["state"] == "ACTIVE", session
     return session
+
+
+async def session_view(server: ServerProcess, actor: Actor, session_id: str) -> dict[str, Any]:
+    """GET /v1/sessions/<id> as `actor` (the API view: last_seq includes the live counter)."""
+    async with api(server.base_url, actor) as http:
+        r = await http.get(f"/v1/sessions/{session_id}")
+        assert r.status_code == 200, r.text
+        return r.json()["session"]
