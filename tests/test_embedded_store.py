@@ -5,6 +5,7 @@ flat-cost engine (halochat.db.mongoeco_flat). Speed figures live in bench/store.
 import json
 import os
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +177,38 @@ def test_cached_collection_features_follow_inserts_and_updates(messages: Any) ->
     ordered = [m["client_msg_id"] for m in messages.find({"session_id": session}).sort("seq", 1)]
     # MongoDB order: arrays sort by their smallest element (0), numbers, then strings.
     assert ordered == ["arr", "c2", "c3", "c1"]
+
+
+def test_conditional_updates_by_id_match_like_mongodb(messages: Any) -> None:
+    """{_id: v, <any conditions>} is read by key and matched in Python (mongoeco_flat #8)."""
+    sessions = messages.database["sessions"]
+    due = datetime(2026, 1, 1, tzinfo=UTC)
+    ids = [ObjectId() for _ in range(3)]
+    sessions.insert_many(
+        [
+            {"_id": ids[0], "state": "ACTIVE", "ends_at": due, "n": 1, "tags": ["a", "b"]},
+            {"_id": ids[1], "state": "EXPIRED", "ends_at": due, "n": 2},
+            {"_id": ids[2], "state": "ACTIVE", "ends_at": due + timedelta(hours=1), "n": 3},
+        ]
+    )
+    cond = {"state": {"$in": ["ACTIVE", "CLOSING"]}, "ends_at": {"$lte": due}}
+    hits = [
+        sessions.find_one_and_update({"_id": i, **cond}, {"$inc": {"n": 10}}) is not None
+        for i in ids
+    ]
+    assert hits == [True, False, False]
+    assert [d["n"] for d in sessions.find({"_id": {"$in": ids}}).sort("_id", 1)] == [11, 2, 3]
+    # Operators, arrays, $or and $ne behave as in MongoDB; a missing _id matches nothing.
+    assert sessions.update_one({"_id": ids[0], "tags": "b", "n": {"$gt": 5}}, {"$set": {"x": 1}})
+    assert sessions.find_one({"_id": ids[0]})["x"] == 1
+    assert (
+        sessions.update_one(
+            {"_id": ids[1], "$or": [{"n": 99}, {"state": "EXPIRED"}], "x": {"$ne": 1}},
+            {"$set": {"x": 2}},
+        ).modified_count
+        == 1
+    )
+    assert (
+        sessions.update_one({"_id": ids[2], "n": {"$lt": 3}}, {"$set": {"x": 3}}).matched_count == 0
+    )
+    assert sessions.update_one({"_id": ObjectId(), "n": 1}, {"$set": {"x": 4}}).matched_count == 0

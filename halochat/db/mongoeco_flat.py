@@ -37,8 +37,8 @@ Per-operation overhead (docs/embedded-db.md, "Per-operation cost"):
 6. With inline=True (only in the embedded child, a process of its own) operations run on
    the event loop instead of a worker thread each, and
 7. the change hand-off after each write runs without its per-call lease-renewal thread.
-8. A filter {_id: v, f: x, ...} (ObjectId/string v, plain equalities) reads the one document
-   stored under v's key and checks the filter in Python, instead of a full-scan SQL filter.
+8. A filter {_id: v, ...} (ObjectId/string v, whatever else) reads the one document stored
+   under v's key and checks the filter in Python, instead of a full-scan SQL filter.
 9. The wire `insert` command with several documents (pymongo's insert_many) goes through
    mongoeco's own insert_many, i.e. its batch path: one transaction and one index pass for
    the whole batch, instead of one insert_one (and one commit) per document. Per-document
@@ -164,17 +164,18 @@ def _narrowing_condition(field: str, value: Any) -> list[tuple[str, list[Any]]] 
     return None
 
 
-def _id_with_equalities(plan: Any) -> Any:
-    """v when `plan` is {_id: v, f: x, ...}: v an ObjectId or string, each x a plain scalar."""
+def _id_of_plan(plan: Any) -> Any:
+    """v when `plan` is {_id: v, ...} (an AND with an ObjectId or string equality on _id)."""
     if not isinstance(plan, AndCondition):
         return None
-    found = None
     for clause in plan.clauses:
-        if type(clause) is not EqualsCondition or isinstance(clause.value, (dict, list)):
-            return None
-        if clause.field == "_id" and type(clause.value) in (ObjectId, str) and found is None:
-            found = clause.value
-    return found
+        if (
+            type(clause) is EqualsCondition
+            and clause.field == "_id"
+            and type(clause.value) in (ObjectId, str)
+        ):
+            return clause.value
+    return None
 
 
 class FlatCostSQLiteEngine(SQLiteEngine):
@@ -382,7 +383,7 @@ class FlatCostSQLiteEngine(SQLiteEngine):
             json_path_for_field=json_path_for_field,
         )
 
-    # 8: a filter on _id plus equalities (a conditional find_one_and_update) -----------------
+    # 8: a filter on _id plus other conditions (a conditional find_one_and_update) -----------
 
     def _select_first_document_for_plan(
         self, db_name: str, coll_name: str, plan: Any, *, hint: Any = None, context: Any = None
@@ -391,9 +392,9 @@ class FlatCostSQLiteEngine(SQLiteEngine):
         # the generic filter SQL, which no index serves: a full collection scan per
         # conditional update. At most the document stored under v's key can match; it is
         # fetched by key and the whole filter checked in Python, as mongoeco's own _id path
-        # does. Only ObjectId/string _ids (numbers of several types share one key rule) and
-        # plain equalities elsewhere take this path.
-        document_id = _id_with_equalities(plan) if hint is None else None
+        # does (any other clauses: $in, $lte, ... are matched by mongoeco's own matcher). Only
+        # ObjectId/string _ids take this path (numbers of several types share one key rule).
+        document_id = _id_of_plan(plan) if hint is None else None
         if document_id is None:
             return super()._select_first_document_for_plan(
                 db_name, coll_name, plan, hint=hint, context=context
