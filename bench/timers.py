@@ -37,6 +37,7 @@ from halochat.db.embedded import EmbeddedMongo
 from halochat.documents import ChatSession, TierSnapshot
 from halochat.documents.common import utcnow
 from halochat.domain import lifecycle
+from halochat.domain.app_config import ensure_config
 from halochat.jobs.timers import Timers
 from halochat.push import PushService
 from halochat.services import Services
@@ -102,6 +103,7 @@ async def run(args: argparse.Namespace, data_dir: Path) -> int:
     )
     try:
         await init_db(client, settings.db_name)
+        await ensure_config(settings)  # as the server does at start (seed_on_start)
         t = time.monotonic()
         start = utcnow() + timedelta(seconds=args.setup_margin)
         sessions = make_sessions(args.sessions, start, args.lead, args.window)

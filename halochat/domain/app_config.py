@@ -1,5 +1,10 @@
 """The Control Center configuration (app_config): defaults, read, validated update."""
 
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+
 from pymongo.errors import DuplicateKeyError
 
 from halochat.config import Settings
@@ -53,6 +58,33 @@ async def require_config(settings: Settings) -> AppConfig:
     return config
 
 
+# Events that fire in bursts (thousands of expiries a minute) only show the configuration:
+# they share one read at most this old instead of one read each.
+RECENT_SECONDS = 1.0
+
+
+@dataclass
+class _Recent:
+    read_at: float = -math.inf
+    read: asyncio.Future[AppConfig] | None = None
+
+
+_recent = _Recent()
+
+
+async def recent_config(settings: Settings) -> AppConfig:
+    """The configuration as of at most RECENT_SECONDS ago (fresh after an update here);
+    concurrent callers share one read."""
+    now = time.monotonic()
+    read = _recent.read
+    stale = now - _recent.read_at > RECENT_SECONDS
+    failed = read is not None and read.done() and (read.cancelled() or read.exception() is not None)
+    if read is None or stale or failed:
+        read = _recent.read = asyncio.ensure_future(require_config(settings))
+        _recent.read_at = now
+    return await asyncio.shield(read)
+
+
 async def replace_config(settings: Settings, values: ConfigValues) -> AppConfig:
     """Replaces the editable values as a whole; applies to new requests at once."""
     config = await require_config(settings)
@@ -65,6 +97,7 @@ async def replace_config(settings: Settings, values: ConfigValues) -> AppConfig:
     )
     updated = await get_config()
     assert updated is not None
+    _recent.read = None
     return updated
 
 

@@ -28,7 +28,7 @@ from halochat.constants import (
 from halochat.documents import ChatSession
 from halochat.documents.common import utcnow
 from halochat.domain import pairing
-from halochat.domain.app_config import require_config
+from halochat.domain.app_config import recent_config
 from halochat.domain.session_events import (
     PARTIES,
     dump_extension,
@@ -196,7 +196,7 @@ async def expire(
     arm_grace_timer(services, expired)
     if quiet:
         return expired
-    config = await require_config(services.settings)
+    config = await recent_config(services.settings)  # only shown: a second old is fine
     tiers = pairing.tier_view(config)
     for role in PARTIES:
         data: dict[str, Any] = {"grace_deadline": expired.grace_deadline}
