@@ -459,9 +459,7 @@ def verify_storage(uri: str, db_name: str, acked_ids: list[str]) -> dict[str, An
     missing = sum(1 for i in set(acked_ids) if stored[i] == 0)
     duplicated = sum(1 for c in stored.values() if c > 1)
     gaps = sum(
-        1
-        for sid, seqs in by_session.items()
-        if sorted(seqs) != list(range(1, len(seqs) + 1))
+        1 for sid, seqs in by_session.items() if sorted(seqs) != list(range(1, len(seqs) + 1))
     )
     return {
         "stored": sum(stored.values()),

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
-from tests.support.clients import Actor, WsClient, api
-from tests.support.flows import make_pair, open_active_session, session_view
+from tests.support.clients import Actor, WsClient
+from tests.support.flows import full_history, make_pair, open_active_session, session_view
 from tests.support.server import ServerProcess
 
 MINUTE = 5.0  # seconds per tier minute: the test tier "test-1m" lasts 5 s
@@ -52,21 +52,6 @@ class Side:
 
 def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-
-
-async def full_history(server: ServerProcess, actor: Actor, session_id: str) -> list[dict]:
-    out: list[dict[str, Any]] = []
-    async with api(server.base_url, actor) as http:
-        while True:
-            after = out[-1]["seq"] if out else 0
-            r = await http.get(
-                f"/v1/sessions/{session_id}/messages", params={"after_seq": after, "limit": 200}
-            )
-            assert r.status_code == 200, r.text
-            page = r.json()
-            out += page["messages"]
-            if not page["has_more"]:
-                return out
 
 
 async def stream(

@@ -37,3 +37,19 @@ async def session_view(server: ServerProcess, actor: Actor, session_id: str) -> 
         r = await http.get(f"/v1/sessions/{session_id}")
         assert r.status_code == 200, r.text
         return r.json()["session"]
+
+
+async def full_history(server: ServerProcess, actor: Actor, session_id: str) -> list[dict]:
+    """Every message of the session, oldest first, paged through GET /v1/sessions/<id>/messages."""
+    out: list[dict[str, Any]] = []
+    async with api(server.base_url, actor) as http:
+        while True:
+            after = out[-1]["seq"] if out else 0
+            r = await http.get(
+                f"/v1/sessions/{session_id}/messages", params={"after_seq": after, "limit": 200}
+            )
+            assert r.status_code == 200, r.text
+            page = r.json()
+            out += page["messages"]
+            if not page["has_more"]:
+                return out
