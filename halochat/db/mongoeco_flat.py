@@ -43,7 +43,8 @@ Per-operation overhead (docs/embedded-db.md, "Per-operation cost"):
    mongoeco's own insert_many, i.e. its batch path: one transaction and one index pass for
    the whole batch, instead of one insert_one (and one commit) per document. Per-document
    errors (duplicate keys) are reported exactly as before. `install_batch_insert_command`
-   applies it; only the embedded child calls it.
+   applies it; only the embedded child calls it. The feature merge of such a batch (3.)
+   reuses the payloads the batch path already serialized instead of encoding them again.
 
 Pinned to the version it was written against: with any other mongoeco the plain engine is
 used (make_engine logs a warning) until this module is re-checked.
@@ -423,8 +424,23 @@ class FlatCostSQLiteEngine(SQLiteEngine):
             return super()._insert_document_sync(db_name, coll_name, document, *a, **k)
 
     def _insert_documents_sync(self, db_name: str, coll_name: str, documents: Any, *a, **k):
-        with self._writing(db_name, coll_name, list(documents)):
-            return super()._insert_documents_sync(db_name, coll_name, documents, *a, **k)
+        documents = list(documents)
+        # The batch path has serialized every document already ((storage_key, payload, ...)
+        # each): the feature merge reuses those payloads instead of encoding them again.
+        if a:
+            prepared = list(a[0])
+            a = (prepared, *a[1:])
+        else:
+            prepared = k["prepared_documents"] = list(k.get("prepared_documents", ()))
+        self._flat.payloads = {
+            id(doc): entry[1] for doc, entry in zip(documents, prepared, strict=False)
+        }
+        try:
+            # A copy: the feature merge empties the scope's list when it is done.
+            with self._writing(db_name, coll_name, list(documents)):
+                return super()._insert_documents_sync(db_name, coll_name, documents, *a, **k)
+        finally:
+            self._flat.payloads = {}
 
     def _update_with_operation_sync(self, db_name: str, coll_name: str, *a, **k):
         with self._writing(db_name, coll_name, []):
@@ -474,10 +490,11 @@ class FlatCostSQLiteEngine(SQLiteEngine):
             return
         rows_only = self._rows_only()
         rows_only._conn.execute("DELETE FROM documents")
+        payloads = getattr(self._flat, "payloads", None) or {}
         rows_only._conn.executemany(
             "INSERT INTO documents VALUES (?, ?, ?, ?)",
             [
-                (db_name, coll_name, str(i), self._serialize_document(doc))
+                (db_name, coll_name, str(i), payloads.get(id(doc)) or self._serialize_document(doc))
                 for i, doc in enumerate(documents)
             ],
         )
