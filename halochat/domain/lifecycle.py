@@ -27,7 +27,7 @@ from halochat.constants import (
 )
 from halochat.documents import ChatSession
 from halochat.documents.common import utcnow
-from halochat.domain import pairing
+from halochat.domain import live_sessions, pairing
 from halochat.domain.app_config import recent_config
 from halochat.domain.session_events import (
     PARTIES,
@@ -268,6 +268,7 @@ async def reconcile(services: Services, session: ChatSession) -> None:
             await expire(services, session.id)
         else:
             arm_active_timers(services, session)
+            live_sessions.remember(session)  # last_seq was repaired before: no read on send
         return
     deadline = session.grace_deadline
     if deadline is None:  # not written by this code; bound it anyway

@@ -4,8 +4,9 @@ for ACTIVE sessions, the parties and the message counter.
 The server is one process (DESIGN.md), so this in-memory state is authoritative while it
 runs and lets a chat message cost one database write (its insert) instead of two:
 
-- A LiveSession is loaded on the first send of an ACTIVE session and then holds the session's
-  `last_seq`; sends take the next seq under the session lock.
+- A LiveSession is made when a session enters ACTIVE (from the transition's result), for
+  the ACTIVE sessions at start-up, or else on the first send; it then holds the session's
+  `last_seq`, and sends take the next seq under the session lock.
 - The stored `last_seq` is written when the session leaves ACTIVE (in the same conditional
   update as the transition, under the session lock, see state_machine.transition) and
   repaired from the stored messages at start-up after a crash. So whenever no LiveSession
@@ -55,6 +56,25 @@ _live: dict[PydanticObjectId, LiveSession] = {}
 
 def get(session_id: PydanticObjectId) -> LiveSession | None:
     return _live.get(session_id)
+
+
+def remember(session: ChatSession) -> None:
+    """A session that just entered ACTIVE (or is ACTIVE at start-up, after the seq repair):
+    its stored last_seq is exact, so its first send needs no read. An entry a concurrent
+    send already loaded is kept (it may be ahead)."""
+    if session.id is None or session.state != SessionState.ACTIVE or session.mitra_id is None:
+        return
+    _live.setdefault(
+        session.id,
+        LiveSession(
+            id=session.id,
+            customer_id=session.customer_id,
+            mitra_id=session.mitra_id,
+            customer_name=session.customer_name or "",
+            mitra_name=session.mitra_name or "",
+            last_seq=session.last_seq,
+        ),
+    )
 
 
 async def load(session_id: PydanticObjectId) -> LiveSession | None:

@@ -79,7 +79,10 @@ async def transition(
     """
     edge = TRANSITIONS[trigger]
     if S.ACTIVE not in edge.sources:
-        return await _apply(session_id, edge, set_fields, unset_fields, extra_filter, extra_update)
+        done = await _apply(session_id, edge, set_fields, unset_fields, extra_filter, extra_update)
+        if done is not None and edge.target == S.ACTIVE:
+            live_sessions.remember(done)
+        return done
     async with live_sessions.session_lock(session_id):
         if (live := live_sessions.get(session_id)) is not None:
             extra_update = {**(extra_update or {})}
