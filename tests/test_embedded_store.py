@@ -13,7 +13,7 @@ import httpx
 import pytest
 from bson import Int64, ObjectId
 from pymongo import MongoClient
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from halochat.auth import issue_token
 from halochat.db.embedded import DB_FILE, STATE_FILE, EmbeddedMongo
@@ -212,3 +212,12 @@ def test_conditional_updates_by_id_match_like_mongodb(messages: Any) -> None:
         sessions.update_one({"_id": ids[2], "n": {"$lt": 3}}, {"$set": {"x": 3}}).matched_count == 0
     )
     assert sessions.update_one({"_id": ObjectId(), "n": 1}, {"$set": {"x": 4}}).matched_count == 0
+
+
+def test_change_streams_are_not_served(messages: Any) -> None:
+    """Why the embedded child records no change events (mongoeco_flat #10): its wire server
+    answers $changeStream with an error, so no client could ever read them."""
+    with pytest.raises(OperationFailure, match="changeStream"), messages.watch():
+        pass
+    messages.insert_one(message(ObjectId(), 1, "after"))  # writes are unaffected
+    assert messages.count_documents({"client_msg_id": "after"}) == 1

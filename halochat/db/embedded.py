@@ -150,6 +150,7 @@ def make_engine(path: Path, *, inline: bool = False) -> object:
     if mongoeco_flat is not None and mongoeco_flat.patch_applies():
         if inline:  # the embedded child: a process of its own, so patching mongoeco is safe
             mongoeco_flat.install_batch_insert_command()
+            mongoeco_flat.disable_change_publication()
         return mongoeco_flat.FlatCostSQLiteEngine(str(path), inline=inline)
     log.warning(
         "mongoeco %s is not the version halochat.db.mongoeco_flat was written for: "
