@@ -151,6 +151,7 @@ def make_engine(path: Path, *, inline: bool = False) -> object:
         if inline:  # the embedded child: a process of its own, so patching mongoeco is safe
             mongoeco_flat.install_batch_insert_command()
             mongoeco_flat.disable_change_publication()
+            mongoeco_flat.share_immutable_values()
         return mongoeco_flat.FlatCostSQLiteEngine(str(path), inline=inline)
     log.warning(
         "mongoeco %s is not the version halochat.db.mongoeco_flat was written for: "

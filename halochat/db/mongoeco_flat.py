@@ -51,12 +51,20 @@ Per-operation overhead (docs/embedded-db.md, "Per-operation cost"):
    embedded child nothing can ever read that outbox: `disable_change_publication` makes every
    operation's context DISABLED (mongoeco's own policy for writes nobody may observe) and the
    hand-off returns at once. About 1.4x on inserts and -30 % per conditional update.
+11. Immutable values are shared by deep copies. mongoeco deep-copies a document about 19
+   times per update (results, operators, outcomes); `copy.deepcopy` rebuilds every datetime
+   and ObjectId through `__reduce_ex__`, 40 % of an update's time. Both types are immutable,
+   so `share_immutable_values` registers them in the copy module's table of atomic types,
+   as str and int are (a private table of the standard library, stable since Python 2; the
+   child process only).
 
 Pinned to the version it was written against: with any other mongoeco the plain engine is
 used (make_engine logs a warning) until this module is re-checked.
 """
 
 import contextvars
+import copy
+import datetime
 import math
 import sqlite3
 import threading
@@ -65,6 +73,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import bson
 import mongoeco
 from mongoeco.api._async import _database_admin_write_commands as _write_commands
 from mongoeco.api._async.collection import AsyncCollection
@@ -547,6 +556,26 @@ class FlatCostSQLiteEngine(SQLiteEngine):
             cache[key] = old if new == old else False
 
 
+# 11: immutable values are not deep-copied ---------------------------------------------------
+
+# Immutable BSON values: a deep copy may share them, as it shares str and int.
+_IMMUTABLE_VALUES: tuple[type, ...] = (
+    datetime.datetime,
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    datetime.timezone,
+    bson.ObjectId,
+    ObjectId,
+)
+
+
+def share_immutable_values() -> None:
+    """copy.deepcopy treats datetimes and ObjectIds as atomic (point 11); child only."""
+    for kind in _IMMUTABLE_VALUES:
+        copy._deepcopy_dispatch.setdefault(kind, copy._deepcopy_atomic)  # type: ignore[attr-defined]
+
+
 # 10: no change-event bookkeeping ------------------------------------------------------------
 
 _PUBLICATION_DISABLED = False
@@ -623,4 +652,5 @@ __all__ = [
     "disable_change_publication",
     "install_batch_insert_command",
     "patch_applies",
+    "share_immutable_values",
 ]
