@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from halochat.launch import SERVE_COMMAND, child_env
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_JWT_SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -158,20 +160,15 @@ class HalochatServer:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     def start(self) -> "HalochatServer":
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HALOCHAT_")}
-        env.pop("MONGODB_URI", None)
-        env.update(
-            {
-                "HALOCHAT_PORT": str(self.port),
-                "HALOCHAT_DB_NAME": self.db_name,
-                "HALOCHAT_DATA_DIR": str(self.workdir / "var"),
-                "HALOCHAT_JWT_SECRET": BENCH_JWT_SECRET,
-                "PYTHONUNBUFFERED": "1",
-                **self.extra_env,
-            }
+        env = child_env(
+            port=self.port,
+            db_name=self.db_name,
+            data_dir=self.workdir / "var",
+            jwt_secret=BENCH_JWT_SECRET,
+            extra=self.extra_env,
         )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "halochat", "serve"],
+            list(SERVE_COMMAND),
             cwd=REPO_ROOT,
             env=env,
             stdout=self.log_path.open("ab"),

@@ -1,11 +1,9 @@
 """Runs the real halochat server (`python -m halochat serve`) as a child process on a
 loopback port, so tests exercise exactly what production runs, restarts and kills included."""
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +15,7 @@ from pymongo import MongoClient
 
 from halochat.auth import issue_token
 from halochat.config import Settings
+from halochat.launch import SERVE_COMMAND, child_env
 from tests.support.clients import Actor
 
 JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
@@ -63,26 +62,19 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HALOCHAT_")}
-        env.pop("MONGODB_URI", None)
-        env.update(
-            {
-                "HALOCHAT_PORT": str(self.port),
-                "HALOCHAT_DB_NAME": self.db_name,
-                "HALOCHAT_DATA_DIR": str(self.workdir / "var"),
-                "HALOCHAT_JWT_SECRET": JWT_SECRET,
-                "PYTHONUNBUFFERED": "1",
-            }
+        return child_env(
+            port=self.port,
+            db_name=self.db_name,
+            data_dir=self.workdir / "var",
+            jwt_secret=JWT_SECRET,
+            mongodb_uri=self.mongodb_uri,
+            extra=self.extra_env,
         )
-        if self.mongodb_uri:
-            env["MONGODB_URI"] = self.mongodb_uri
-        env.update(self.extra_env)
-        return env
 
     def start(self, timeout: float = 30.0) -> "ServerProcess":
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "halochat", "serve"],
+            list(SERVE_COMMAND),
             cwd=REPO_ROOT,
             env=self.env(),
             stdout=log,
