@@ -283,12 +283,16 @@ async def reconcile(services: Services, session: ChatSession) -> None:
         arm_grace_timer(services, session.model_copy(update={"grace_deadline": deadline}))
 
 
-async def recover_lifecycle(services: Services) -> None:
-    """Start-up: reconcile ACTIVE / EXPIRED / EXTENSION_PENDING / CLOSING sessions with the
-    clock and re-arm their timers."""
-    sessions = await ChatSession.find(
-        {"state": {"$in": [s.value for s in LIFECYCLE_STATES]}}
-    ).to_list()
+async def open_lifecycle_sessions() -> list[ChatSession]:
+    """The sessions recovery reconciles: ACTIVE / EXPIRED / EXTENSION_PENDING / CLOSING."""
+    return await ChatSession.find({"state": {"$in": [s.value for s in LIFECYCLE_STATES]}}).to_list()
+
+
+async def recover_lifecycle(services: Services, sessions: list[ChatSession] | None = None) -> None:
+    """Start-up: reconcile ACTIVE / EXPIRED / EXTENSION_PENDING / CLOSING sessions (read
+    here unless given) with the clock and re-arm their timers."""
+    if sessions is None:
+        sessions = await open_lifecycle_sessions()
     for session in sessions:
         try:
             await reconcile(services, session)

@@ -57,7 +57,7 @@ async def _stored_last_seq(session_id: PydanticObjectId) -> int:
     return last["seq"] if last else 0
 
 
-async def _repair_seq(session_id: PydanticObjectId) -> None:
+async def _repair_seq(session_id: PydanticObjectId) -> int:
     """While ACTIVE, last_seq is only stored when the session leaves ACTIVE; after a crash it
     is behind the stored messages (or, from older versions, ahead). Setting it to the last
     stored seq (under the session lock) keeps seqs gap-free and history complete."""
@@ -65,13 +65,16 @@ async def _repair_seq(session_id: PydanticObjectId) -> None:
     await ChatSession.get_pymongo_collection().update_one(
         {"_id": session_id, "last_seq": {"$ne": stored}}, {"$set": {"last_seq": stored}}
     )
+    return stored
 
 
-async def recover_messaging(open_session_ids: list[PydanticObjectId]) -> None:
-    """Start-up, before serving: make last_seq of the open sessions match their messages."""
-    for session_id in open_session_ids:
-        async with session_lock(session_id):
-            await _repair_seq(session_id)
+async def recover_messaging(open_sessions: list[ChatSession]) -> None:
+    """Start-up, before serving: make last_seq of the open sessions match their messages
+    (in the database and in the given documents)."""
+    for session in open_sessions:
+        assert session.id is not None
+        async with session_lock(session.id):
+            session.last_seq = await _repair_seq(session.id)
 
 
 @dataclass(frozen=True)
