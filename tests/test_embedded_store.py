@@ -221,3 +221,17 @@ def test_change_streams_are_not_served(messages: Any) -> None:
         pass
     messages.insert_one(message(ObjectId(), 1, "after"))  # writes are unaffected
     assert messages.count_documents({"client_msg_id": "after"}) == 1
+
+
+def test_cached_features_follow_updates_stored_with_sql(messages: Any) -> None:
+    """An update stores its row with SQL; the feature merge reads that row back (#3)."""
+    session = ObjectId()
+    messages.insert_many([message(session, seq, f"c{seq}") for seq in range(1, 4)])
+    assert [m["seq"] for m in messages.find({"session_id": session, "seq": 2})] == [2]
+    # No array anywhere at `seq` so far; an update puts one there, then a string.
+    messages.update_one({"client_msg_id": "c3"}, {"$set": {"seq": [20, 30]}})
+    found = [m["client_msg_id"] for m in messages.find({"session_id": session, "seq": 30})]
+    assert found == ["c3"]  # an array matches by any element, as in MongoDB
+    messages.update_one({"client_msg_id": "c1"}, {"$set": {"seq": "z"}})
+    ordered = [m["client_msg_id"] for m in messages.find({"session_id": session}).sort("seq", -1)]
+    assert ordered == ["c1", "c3", "c2"]  # strings sort after numbers; the array by its max

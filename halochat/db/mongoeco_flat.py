@@ -43,8 +43,12 @@ Per-operation overhead (docs/embedded-db.md, "Per-operation cost"):
    mongoeco's own insert_many, i.e. its batch path: one transaction and one index pass for
    the whole batch, instead of one insert_one (and one commit) per document. Per-document
    errors (duplicate keys) are reported exactly as before. `install_batch_insert_command`
-   applies it; only the embedded child calls it. The feature merge of such a batch (3.)
-   reuses the payloads the batch path already serialized instead of encoding them again.
+   applies it; only the embedded child calls it.
+
+The feature merge (3.) of any write reuses the serialized form the write stored (the batch
+path's prepared payloads, what `_serialize_document` produced within the write, or for an
+update, which stores its row with SQL, that row read back in the same transaction) instead
+of encoding the documents again.
 10. No change-event bookkeeping. mongoeco records every write in a change outbox (a full copy
    of the document, serialized, plus lease/checkpoint commits to hand it to the change-stream
    hub). Its wire server rejects `$changeStream` ("Unsupported aggregation stage"), so in the
@@ -444,52 +448,92 @@ class FlatCostSQLiteEngine(SQLiteEngine):
 
     def _insert_documents_sync(self, db_name: str, coll_name: str, documents: Any, *a, **k):
         documents = list(documents)
-        # The batch path has serialized every document already ((storage_key, payload, ...)
-        # each): the feature merge reuses those payloads instead of encoding them again.
         if a:
             prepared = list(a[0])
             a = (prepared, *a[1:])
         else:
             prepared = k["prepared_documents"] = list(k.get("prepared_documents", ()))
-        self._flat.payloads = {
-            id(doc): entry[1] for doc, entry in zip(documents, prepared, strict=False)
-        }
-        try:
-            # A copy: the feature merge empties the scope's list when it is done.
-            with self._writing(db_name, coll_name, list(documents)):
-                return super()._insert_documents_sync(db_name, coll_name, documents, *a, **k)
-        finally:
-            self._flat.payloads = {}
+        # A copy: the feature merge empties the scope's list when it is done.
+        with self._writing(db_name, coll_name, list(documents)):
+            # The batch path has serialized every document already ((storage_key, payload,
+            # ...) each): the feature merge reuses those payloads.
+            for doc, entry in zip(documents, prepared, strict=False):
+                self._flat.payloads[id(doc)] = (doc, entry[1])
+            return super()._insert_documents_sync(db_name, coll_name, documents, *a, **k)
+
+    def _serialize_document(self, document: Any) -> str:
+        payload = super()._serialize_document(document)
+        flat = getattr(self, "_flat", None)
+        if getattr(flat, "writing", None) is not None:
+            # What a write stores is what its feature merge looks at: encode it once.
+            flat.payloads[id(document)] = (document, payload)
+        return payload
+
+    def _payload_of(self, db_name: str, coll_name: str, document: Any) -> str:
+        entry = getattr(self._flat, "payloads", {}).get(id(document))
+        if entry is not None and entry[0] is document:  # held by the cache: id not reused
+            return entry[1]
+        stored = getattr(self._flat, "stored_at", {}).get(id(document))
+        if stored is not None and stored[0] is document:
+            row = (
+                stored[1]
+                .execute(
+                    "SELECT document FROM documents "
+                    "WHERE db_name = ? AND coll_name = ? AND storage_key = ?",
+                    (db_name, coll_name, stored[2]),
+                )
+                .fetchone()
+            )
+            if row is not None:
+                return row[0]
+        return self._serialize_document(document)
 
     def _update_with_operation_sync(self, db_name: str, coll_name: str, *a, **k):
         with self._writing(db_name, coll_name, []):
             return super()._update_with_operation_sync(db_name, coll_name, *a, **k)
 
     def _rebuild_multikey_entries_for_document(self, conn, db_name, coll_name, key, doc, idx):
-        self._saw_written(db_name, coll_name, doc)
+        self._saw_written(db_name, coll_name, doc, conn, key)
         return super()._rebuild_multikey_entries_for_document(
             conn, db_name, coll_name, key, doc, idx
         )
 
     def _rebuild_scalar_entries_for_document(self, conn, db_name, coll_name, key, doc, idx):
-        self._saw_written(db_name, coll_name, doc)
+        self._saw_written(db_name, coll_name, doc, conn, key)
         return super()._rebuild_scalar_entries_for_document(conn, db_name, coll_name, key, doc, idx)
 
     @contextmanager
     def _writing(self, db_name: str, coll_name: str, documents: list[Any]) -> Iterator[None]:
         outer = getattr(self._flat, "writing", None)
+        if outer is None:
+            self._flat.payloads = {}  # id(document) -> (document, its serialized form)
+            self._flat.stored_at = {}  # id(document) -> (document, connection, storage key)
         self._flat.writing = (db_name, coll_name, documents)
         try:
             yield
         finally:
             self._flat.writing = outer
+            if outer is None:
+                self._flat.payloads = {}
+                self._flat.stored_at = {}
 
-    def _saw_written(self, db_name: str, coll_name: str, document: Any) -> None:
+    def _saw_written(
+        self,
+        db_name: str,
+        coll_name: str,
+        document: Any,
+        conn: sqlite3.Connection | None = None,
+        storage_key: str | None = None,
+    ) -> None:
         writing = getattr(self._flat, "writing", None)
         if writing is None or writing[:2] != (db_name, coll_name):
             return
         if not any(seen is document for seen in writing[2]):
             writing[2].append(document)
+        if conn is not None and storage_key is not None:
+            # An update stores its row with SQL (json_set), never serializing the document
+            # in Python: the merge reads that row back in the same transaction instead.
+            self._flat.stored_at[id(document)] = (document, conn, storage_key)
 
     def _invalidate_collection_features_cache(
         self, db_name: str | None = None, coll_name: str | None = None
@@ -509,11 +553,10 @@ class FlatCostSQLiteEngine(SQLiteEngine):
             return
         rows_only = self._rows_only()
         rows_only._conn.execute("DELETE FROM documents")
-        payloads = getattr(self._flat, "payloads", None) or {}
         rows_only._conn.executemany(
             "INSERT INTO documents VALUES (?, ?, ?, ?)",
             [
-                (db_name, coll_name, str(i), payloads.get(id(doc)) or self._serialize_document(doc))
+                (db_name, coll_name, str(i), self._payload_of(db_name, coll_name, doc))
                 for i, doc in enumerate(documents)
             ],
         )
