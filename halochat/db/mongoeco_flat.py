@@ -44,11 +44,6 @@ Per-operation overhead (docs/embedded-db.md, "Per-operation cost"):
    the whole batch, instead of one insert_one (and one commit) per document. Per-document
    errors (duplicate keys) are reported exactly as before. `install_batch_insert_command`
    applies it; only the embedded child calls it.
-
-The feature merge (3.) of any write reuses the serialized form the write stored (the batch
-path's prepared payloads, what `_serialize_document` produced within the write, or for an
-update, which stores its row with SQL, that row read back in the same transaction) instead
-of encoding the documents again.
 10. No change-event bookkeeping. mongoeco records every write in a change outbox (a full copy
    of the document, serialized, plus lease/checkpoint commits to hand it to the change-stream
    hub). Its wire server rejects `$changeStream` ("Unsupported aggregation stage"), so in the
@@ -61,6 +56,10 @@ of encoding the documents again.
    so `share_immutable_values` registers them in the copy module's table of atomic types,
    as str and int are (a private table of the standard library, stable since Python 2; the
    child process only).
+12. The feature merge (3.) of any write reuses the serialized form the write stored (the
+   batch path's prepared payloads, what `_serialize_document` produced within the write, or
+   for an update, which stores its row with SQL, that row read back in the same
+   transaction) instead of encoding the documents again.
 
 Pinned to the version it was written against: with any other mongoeco the plain engine is
 used (make_engine logs a warning) until this module is re-checked.
