@@ -184,34 +184,48 @@ async def _accept_extension(
     if resumed is None:
         await txn.delete()
         raise _answer_conflict(await current_session(session.id), ext.id)
-    assert resumed.extension is not None
-    view = extension_view(resumed.extension)
-    for role in PARTIES:
-        data: dict[str, Any] = {"extension": view, "accepted": True}
-        if role == Role.CUSTOMER:
-            data["transaction"] = pairing.transaction_view(txn)
-        tell(
-            services,
-            resumed,
-            role,
-            ServerFrame.EXTENSION_ANSWERED,
-            data,
-            session_push(
-                resumed,
-                role,
-                PushType.EXTENSION_ANSWER,
-                "Extension accepted",
-                f"{resumed.mitra_name} accepted: {ext.minutes} more minutes",
-                extension_id=ext.id,
-                accepted="true",
-            )
-            if role == Role.CUSTOMER
-            else None,
-        )
+    _tell_answered(
+        services,
+        resumed,
+        accepted=True,
+        title="Extension accepted",
+        body=f"{resumed.mitra_name} accepted: {ext.minutes} more minutes",
+        customer_data={"transaction": pairing.transaction_view(txn)},
+    )
     for role in PARTIES:
         tell(services, resumed, role, ServerFrame.SESSION_RESUMED, {"ends_at": resumed.ends_at})
     await on_session_active(services, resumed)
     return resumed, txn
+
+
+def _tell_answered(
+    services: Services,
+    session: ChatSession,
+    *,
+    accepted: bool,
+    title: str,
+    body: str,
+    customer_data: dict[str, Any] | None = None,
+) -> None:
+    """extension.answered to both parties; the customer also gets `customer_data` and a push."""
+    ext = session.extension
+    assert ext is not None
+    view = extension_view(ext)
+    for role in PARTIES:
+        data: dict[str, Any] = {"extension": view, "accepted": accepted}
+        push = None
+        if role == Role.CUSTOMER:
+            data.update(customer_data or {})
+            push = session_push(
+                session,
+                role,
+                PushType.EXTENSION_ANSWER,
+                title,
+                body,
+                extension_id=ext.id,
+                accepted="true" if accepted else "false",
+            )
+        tell(services, session, role, ServerFrame.EXTENSION_ANSWERED, data, push)
 
 
 async def _reject_extension(
@@ -236,27 +250,13 @@ async def _reject_extension(
     if closing is None:
         raise _answer_conflict(await current_session(session.id), ext.id)
     arm_grace_timer(services, closing)
-    assert closing.extension is not None
-    view = extension_view(closing.extension)
-    for role in PARTIES:
-        tell(
-            services,
-            closing,
-            role,
-            ServerFrame.EXTENSION_ANSWERED,
-            {"extension": view, "accepted": False},
-            session_push(
-                closing,
-                role,
-                PushType.EXTENSION_ANSWER,
-                "Extension declined",
-                f"{closing.mitra_name} could not extend the chat",
-                extension_id=ext.id,
-                accepted="false",
-            )
-            if role == Role.CUSTOMER
-            else None,
-        )
+    _tell_answered(
+        services,
+        closing,
+        accepted=False,
+        title="Extension declined",
+        body=f"{closing.mitra_name} could not extend the chat",
+    )
     tell_closing(services, closing, Role.MITRA)
     return closing
 
