@@ -14,6 +14,7 @@ from bson import ObjectId
 from tests.support.clients import Actor, WsClient, api, sockets
 from tests.support.flows import make_pair, open_active_session, session_view
 from tests.support.server import ServerProcess
+from tests.support.stored import stored_chat
 
 TYPING_INTERVAL = 0.4
 
@@ -44,13 +45,6 @@ def cid() -> str:
 async def send(ws: WsClient, session_id: str, body: str, client_msg_id: str | None = None) -> Any:
     data = {"session_id": session_id, "client_msg_id": client_msg_id or cid(), "body": body}
     return await ws.request("message.send", data)
-
-
-def stored(server: ServerProcess, session_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(messages by seq, session document) straight from the database. While the session is
-    ACTIVE the document's last_seq may trail (live_sessions.py); the API view is exact."""
-    msgs = list(server.db["messages"].find({"session_id": ObjectId(session_id)}).sort("seq", 1))
-    return msgs, server.db["sessions"].find_one({"_id": ObjectId(session_id)})
 
 
 def assert_error_frame(frame: dict[str, Any], code: str) -> dict[str, Any]:
@@ -93,7 +87,7 @@ async def test_conversation_both_ways(server: ServerProcess, chat: Chat) -> None
             (2, "Hai, apa kabar?", "sent"),
         ]
         assert page["has_more"] is False
-    msgs, _ = stored(server, chat.session_id)
+    msgs, _ = stored_chat(server, chat.session_id)
     view = await session_view(server, chat.customer, chat.session_id)
     assert [x["seq"] for x in msgs] == [1, 2] and view["last_seq"] == 2
 
@@ -127,7 +121,7 @@ async def test_http_send_and_history_paging(server: ServerProcess, chat: Chat) -
     assert (seqs(page), page["has_more"]) == ([3, 4], True)
     page = await history(server, chat.mitra, chat.session_id, after_seq=4)
     assert (seqs(page), page["has_more"]) == ([5], False)
-    assert len(stored(server, chat.session_id)[0]) == 5
+    assert len(stored_chat(server, chat.session_id)[0]) == 5
 
 
 async def test_concurrent_sends_one_gap_free_order(server: ServerProcess, chat: Chat) -> None:
@@ -156,7 +150,7 @@ async def test_concurrent_sends_one_gap_free_order(server: ServerProcess, chat: 
         )
     page = await history(server, chat.customer, chat.session_id, limit=200)
     assert [(x["seq"], x["id"]) for x in page["messages"]] == views["mitra"]
-    msgs, _ = stored(server, chat.session_id)
+    msgs, _ = stored_chat(server, chat.session_id)
     view = await session_view(server, chat.mitra, chat.session_id)
     assert len(msgs) == 2 * n and view["last_seq"] == 2 * n
 
@@ -176,7 +170,7 @@ async def test_retried_client_msg_id_is_not_duplicated(server: ServerProcess, ch
         # The other party reusing the id is refused, not confused with a retry.
         clash = await send(m, chat.session_id, "mine", "retry-1")
         assert_error_frame(clash, "duplicate")
-    msgs, _ = stored(server, chat.session_id)
+    msgs, _ = stored_chat(server, chat.session_id)
     view = await session_view(server, chat.customer, chat.session_id)
     assert [x["client_msg_id"] for x in msgs] != [] and len(msgs) == 2 and view["last_seq"] == 2
 
@@ -293,7 +287,7 @@ async def test_receipts_reach_the_sender(server: ServerProcess, chat: Chat) -> N
         assert not m.pending("receipt.updated")  # the no-op receipt was not forwarded
     page = await history(server, chat.mitra, chat.session_id)
     assert [x["status"] for x in page["messages"]] == ["read", "delivered", "read"]
-    session = stored(server, chat.session_id)[1]
+    session = stored_chat(server, chat.session_id)[1]
     assert session["watermarks"]["customer"] == {"delivered": 2, "read": 1}
     assert session["watermarks"]["mitra"] == {"delivered": 3, "read": 3}
 
@@ -335,7 +329,7 @@ async def test_multi_device_delivery(server: ServerProcess, chat: Chat) -> None:
 
 
 async def test_third_user_is_refused_everywhere(server: ServerProcess, chat: Chat) -> None:
-    before = stored(server, chat.session_id)
+    before = stored_chat(server, chat.session_id)
     sid = chat.session_id
     intruders = [server.create_user("customer", "Nosy"), server.create_user("mitra", "Other")]
     async with sockets(server, chat.customer, chat.mitra, *intruders) as (c, m, *xs):
@@ -363,7 +357,7 @@ async def test_third_user_is_refused_everywhere(server: ServerProcess, chat: Cha
         assert (await c.request("ping"))["type"] == "pong"
         assert (await m.request("ping"))["type"] == "pong"
         assert not (c.pending("message.new") + c.pending("typing") + m.pending("typing"))
-    assert stored(server, chat.session_id) == before
+    assert stored_chat(server, chat.session_id) == before
 
 
 async def test_sending_outside_active_is_refused(server: ServerProcess) -> None:
@@ -384,7 +378,7 @@ async def test_sending_outside_active_is_refused(server: ServerProcess) -> None:
             f"/v1/sessions/{pairing_id}/messages", json={"client_msg_id": "a", "body": "x"}
         )
         assert resp.status_code == 409 and resp.json()["error"]["details"]["state"] == "CANCELLED"
-    assert stored(server, pairing_id)[0] == []
+    assert stored_chat(server, pairing_id)[0] == []
 
     session = await open_active_session(server, customer, mitra)
     sid = session["id"]
@@ -401,7 +395,7 @@ async def test_sending_outside_active_is_refused(server: ServerProcess) -> None:
         ok = await c.request("receipt", {"session_id": sid, "kind": "read", "seq": 1})
         assert ok["type"] == "ack" and ok["data"]["read"] == 1
         await m.wait_for("receipt.updated", session_id=sid)
-    msgs, doc = stored(server, sid)
+    msgs, doc = stored_chat(server, sid)
     assert len(msgs) == 1 and doc["last_seq"] == 1
 
 
@@ -443,7 +437,7 @@ async def test_bad_frames_get_errors_and_the_socket_survives(
         assert (await c.request("ping"))["type"] == "pong"
         ok = await send(c, sid, "x" * 4000)
         assert ok["type"] == "ack" and ok["data"]["message"]["seq"] == 1
-    msgs, _ = stored(server, sid)
+    msgs, _ = stored_chat(server, sid)
     assert len(msgs) == 1 and (await session_view(server, chat.customer, sid))["last_seq"] == 1
 
 

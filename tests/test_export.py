@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
+from tests.support import stored
 from tests.support.server import REPO_ROOT, ServerProcess
 
 SCRIPT = REPO_ROOT / "scripts" / "export_history.py"
@@ -23,23 +24,7 @@ TRICKY = 'Halo, "bestie"\nbaris kedua; 🙂 ümlaut\r\nend'
 def session_doc(
     customer: ObjectId, mitra: ObjectId, created: datetime, state: str = "COMPLETED", **kw: Any
 ) -> dict[str, Any]:
-    doc = {
-        "_id": ObjectId(),
-        "customer_id": customer,
-        "customer_name": 'Rina, "R"',
-        "mitra_id": mitra,
-        "mitra_name": "Bestie Sari 🌸",
-        "state": state,
-        "tier": {
-            "kind": "tier",
-            "tier_id": "15m",
-            "label": "15 menit",
-            "minutes": 15,
-            "price": 15000,
-            "currency": "IDR",
-        },
-        "created_at": created,
-        "updated_at": created,
+    times = {
         "started_at": created + timedelta(seconds=10),
         "ends_at": created + timedelta(minutes=15, seconds=10),
         "ended_at": created + timedelta(minutes=15, seconds=10),
@@ -48,10 +33,14 @@ def session_doc(
             "customer": {"text": TRICKY, "at": created + timedelta(minutes=15, seconds=30)},
             "mitra": {"text": "Terima kasih, sampai jumpa", "at": created + timedelta(minutes=16)},
         },
-        "last_seq": 0,
     }
-    doc.update(kw)
-    return doc
+    parties = {
+        "customer_id": customer,
+        "customer_name": 'Rina, "R"',
+        "mitra_id": mitra,
+        "mitra_name": "Bestie Sari 🌸",
+    }
+    return stored.session_doc(created, state=state, **{**parties, **times, **kw})
 
 
 def message_docs(session: dict[str, Any], bodies: list[str]) -> list[dict[str, Any]]:

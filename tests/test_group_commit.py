@@ -23,6 +23,7 @@ from tests.conftest import ServerFactory
 from tests.support.clients import WsClient, api, sockets
 from tests.support.flows import full_history, make_pair, open_active_session, session_view
 from tests.support.server import ServerProcess
+from tests.support.stored import stored_chat
 
 ENV = {"HALOCHAT_MINUTE_SECONDS": "2", "HALOCHAT_WARNING_LEAD_SECONDS": "1"}
 ONE_MINUTE = "test-1m"  # 2 s here
@@ -40,12 +41,6 @@ def server(server_factory: ServerFactory) -> ServerProcess:
 async def send(ws: WsClient, session_id: str, cmid: str, body: str | None = None) -> Any:
     data = {"session_id": session_id, "client_msg_id": cmid, "body": body or f"body {cmid}"}
     return await ws.request("message.send", data)
-
-
-def stored(server: ServerProcess, session_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(messages by seq, session document) straight from the database."""
-    msgs = list(server.db["messages"].find({"session_id": ObjectId(session_id)}).sort("seq", 1))
-    return msgs, server.db["sessions"].find_one({"_id": ObjectId(session_id)})
 
 
 def assert_gap_free(msgs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -223,7 +218,7 @@ async def test_bursts_over_many_sessions_stay_gap_free(server: ServerProcess) ->
             clash = outcome["clash"]
             assert clash["type"] == "error" and clash["error"]["code"] == "duplicate", clash
 
-            msgs, _ = stored(server, sid)
+            msgs, _ = stored_chat(server, sid)
             by_cmid = assert_gap_free(msgs)
             assert len(msgs) == n
             for cmid, answer in acks.items():
@@ -311,7 +306,7 @@ def check_left_active(server: ServerProcess, session_id: str, log: list[Sent], s
     """Every acked send stored under its seq, every other one refused with invalid_state and
     not stored, sends after the client knew of the end refused; the stored last_seq is the
     number of stored messages. Returns that number."""
-    msgs, doc = stored(server, session_id)
+    msgs, doc = stored_chat(server, session_id)
     by_cmid = assert_gap_free(msgs)
     assert doc["state"] == state, doc
     assert doc["last_seq"] == len(msgs), (doc["last_seq"], len(msgs))
@@ -401,12 +396,12 @@ async def test_restart_repairs_the_counter_and_numbers_on(server_factory: Server
         for ws in (cws, mws):
             with contextlib.suppress(Exception):
                 await ws.close()
-        msgs, doc = stored(server, sid)
+        msgs, doc = stored_chat(server, sid)
         assert doc["state"] == "ACTIVE"
         assert doc["last_seq"] <= len(msgs)  # may trail: only stored when leaving ACTIVE
 
         server.start()
-        msgs, doc = stored(server, sid)
+        msgs, doc = stored_chat(server, sid)
         by_cmid = assert_gap_free(msgs)
         n = len(msgs)
         assert doc["last_seq"] == n, (doc["last_seq"], n)  # repaired at start-up
@@ -444,5 +439,5 @@ async def test_restart_repairs_the_counter_and_numbers_on(server_factory: Server
             log.append(Sent(f"next-{how}", nxt, False))
             assert (await session_view(server, mitra, sid))["last_seq"] == n + 1
         n += 1
-    msgs, _ = stored(server, sid)
+    msgs, _ = stored_chat(server, sid)
     assert len(assert_gap_free(msgs)) == n

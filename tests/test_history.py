@@ -8,39 +8,30 @@ from bson import ObjectId
 from tests.support.clients import Actor, api
 from tests.support.flows import make_pair, open_active_session
 from tests.support.server import ServerProcess
+from tests.support.stored import session_doc
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def finished(customer: Actor, mitra: Actor, completed: datetime, **kw: Any) -> dict[str, Any]:
-    doc = {
-        "_id": ObjectId(),
-        "customer_id": ObjectId(customer.id),
-        "customer_name": customer.name,
-        "mitra_id": ObjectId(mitra.id),
-        "mitra_name": mitra.name,
-        "state": "COMPLETED",
-        "tier": {
-            "kind": "tier",
-            "tier_id": "15m",
-            "label": "15 menit",
-            "minutes": 15,
-            "price": 15000,
-            "currency": "IDR",
+    return session_doc(
+        completed - timedelta(minutes=20),
+        **{
+            "customer_id": ObjectId(customer.id),
+            "customer_name": customer.name,
+            "mitra_id": ObjectId(mitra.id),
+            "mitra_name": mitra.name,
+            "updated_at": completed,
+            "started_at": completed - timedelta(minutes=19),
+            "ended_at": completed - timedelta(minutes=4),
+            "completed_at": completed,
+            "closures": {
+                "customer": {"text": "makasih", "at": completed},
+                "mitra": {"text": "sama-sama", "at": completed},
+            },
+            **kw,
         },
-        "created_at": completed - timedelta(minutes=20),
-        "updated_at": completed,
-        "started_at": completed - timedelta(minutes=19),
-        "ended_at": completed - timedelta(minutes=4),
-        "completed_at": completed,
-        "closures": {
-            "customer": {"text": "makasih", "at": completed},
-            "mitra": {"text": "sama-sama", "at": completed},
-        },
-        "last_seq": 0,
-    }
-    doc.update(kw)
-    return doc
+    )
 
 
 async def test_real_session_lands_in_both_histories(server: ServerProcess) -> None:
