@@ -4,7 +4,6 @@ percentile summaries."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,17 +12,11 @@ from pathlib import Path
 
 import httpx
 
-from halochat.launch import SERVE_COMMAND, child_env
+from halochat.launch import SERVE_COMMAND, child_env, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_JWT_SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- /proc readings

@@ -1,6 +1,7 @@
 """How tests and benchmarks start a server as a child process (`python -m halochat serve`)."""
 
 import os
+import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,3 +36,10 @@ def child_env(
         env["MONGODB_URI"] = mongodb_uri
     env.update(extra or {})
     return env
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -2,7 +2,6 @@
 loopback port, so tests exercise exactly what production runs, restarts and kills included."""
 
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -15,17 +14,11 @@ from pymongo import MongoClient
 
 from halochat.auth import issue_token
 from halochat.config import Settings
-from halochat.launch import SERVE_COMMAND, child_env
+from halochat.launch import SERVE_COMMAND, child_env, free_port
 from tests.support.clients import Actor
 
 JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:
