@@ -58,13 +58,13 @@ def get(session_id: PydanticObjectId) -> LiveSession | None:
     return _live.get(session_id)
 
 
-def remember(session: ChatSession) -> None:
+def remember(session: ChatSession) -> LiveSession | None:
     """A session that just entered ACTIVE (or is ACTIVE at start-up, after the seq repair):
     its stored last_seq is exact, so its first send needs no read. An entry a concurrent
-    send already loaded is kept (it may be ahead)."""
+    send already loaded is kept (it may be ahead). None unless the session is ACTIVE."""
     if session.id is None or session.state != SessionState.ACTIVE or session.mitra_id is None:
-        return
-    _live.setdefault(
+        return None
+    return _live.setdefault(
         session.id,
         LiveSession(
             id=session.id,
@@ -81,27 +81,8 @@ async def load(session_id: PydanticObjectId) -> LiveSession | None:
     """The session's LiveSession if it is ACTIVE (loaded on first use). Call under its lock."""
     if (live := _live.get(session_id)) is not None:
         return live
-    raw = await ChatSession.get_pymongo_collection().find_one(
-        {"_id": session_id, "state": SessionState.ACTIVE.value},
-        projection={
-            "customer_id": 1,
-            "mitra_id": 1,
-            "customer_name": 1,
-            "mitra_name": 1,
-            "last_seq": 1,
-        },
-    )
-    if raw is None or raw.get("mitra_id") is None:
-        return None
-    live = _live[session_id] = LiveSession(
-        id=session_id,
-        customer_id=raw["customer_id"],
-        mitra_id=raw["mitra_id"],
-        customer_name=raw.get("customer_name") or "",
-        mitra_name=raw.get("mitra_name") or "",
-        last_seq=raw.get("last_seq", 0),
-    )
-    return live
+    session = await ChatSession.find_one({"_id": session_id, "state": SessionState.ACTIVE.value})
+    return None if session is None else remember(session)
 
 
 def forget(session_id: PydanticObjectId) -> None:
