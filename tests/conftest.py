@@ -62,13 +62,18 @@ def server_factory(
     started: list[ServerProcess] = []
 
     def make(
-        env: dict[str, str] | None = None, *, own_db: bool = False, start: bool = True
+        env: dict[str, str] | None = None,
+        *,
+        own_db: bool = False,
+        start: bool = True,
+        test_tiers: bool = True,
     ) -> ServerProcess:
         workdir: Path = tmp_path_factory.mktemp("server")
         proc = ServerProcess(
             workdir,
             mongodb_uri=None if own_db else mongodb_uri,
             env={**FAST_ENV, **fcm_env, **(env or {})},
+            test_tiers=test_tiers,
         )
         started.append(proc)
         return proc.start() if start else proc

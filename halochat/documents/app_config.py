@@ -5,16 +5,23 @@ from pydantic import BaseModel, Field, field_validator
 from pymongo import ASCENDING, IndexModel
 
 from halochat.documents.common import utcnow
+from halochat.inputs import Line
 
 CONFIG_KEY = "control_center"
+# A sensible ceiling, far inside int64: one billion in the currency's smallest unit.
+MAX_PRICE = 1_000_000_000
+MAX_FREE_TRIAL_MINUTES = 24 * 60
+MAX_PAIRING_TIMEOUT_SECONDS = 3600
 
 
 class Tier(BaseModel):
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    label: str = Field(min_length=1, max_length=100)
+    label: Line = Field(max_length=100)
     minutes: int = Field(gt=0, le=24 * 60)
-    price: int = Field(gt=0, description="Price in the currency's smallest unit (IDR has none).")
-    currency: str = Field(default="IDR", min_length=3, max_length=3)
+    price: int = Field(
+        gt=0, le=MAX_PRICE, description="Price in the currency's smallest unit (IDR has none)."
+    )
+    currency: str = Field(default="IDR", pattern=r"^[A-Z]{3}$", description="ISO 4217 code")
     # Developer test tiers (the 1-minute tier); `scripts/seed.py --test-tiers` manages them.
     test: bool = False
 
@@ -24,8 +31,8 @@ class ConfigValues(BaseModel):
 
     tiers: list[Tier] = Field(min_length=1)
     free_trial_enabled: bool = True
-    free_trial_minutes: int = Field(default=5, gt=0, le=24 * 60)
-    pairing_timeout_seconds: int = Field(default=120, gt=0, le=3600)
+    free_trial_minutes: int = Field(default=5, gt=0, le=MAX_FREE_TRIAL_MINUTES)
+    pairing_timeout_seconds: int = Field(default=120, gt=0, le=MAX_PAIRING_TIMEOUT_SECONDS)
 
     @field_validator("tiers")
     @classmethod

@@ -4,6 +4,7 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
@@ -18,15 +19,16 @@ DEFAULT_TIERS: tuple[Tier, ...] = (
     Tier(id="30m", label="30 menit", minutes=30, price=27_000),
     Tier(id="60m", label="60 menit", minutes=60, price=50_000),
 )
+# Developer tiers: never in the default configuration, only where `halochat seed` (or an
+# admin) puts them (set_test_tiers).
 TEST_TIERS: tuple[Tier, ...] = (
     Tier(id="test-1m", label="1 menit (test)", minutes=1, price=1_000, test=True),
 )
 
 
-def default_values(settings: Settings, with_test_tiers: bool = True) -> ConfigValues:
-    tiers = list(DEFAULT_TIERS) + (list(TEST_TIERS) if with_test_tiers else [])
+def default_values(settings: Settings) -> ConfigValues:
     return ConfigValues(
-        tiers=tiers,
+        tiers=list(DEFAULT_TIERS),
         free_trial_enabled=True,
         free_trial_minutes=5,
         pairing_timeout_seconds=settings.pairing_timeout_seconds,
@@ -94,6 +96,24 @@ async def replace_config(settings: Settings, values: ConfigValues) -> AppConfig:
             "$set": {**values.model_dump(mode="python"), "updated_at": utcnow()},
             "$inc": {"version": 1},
         },
+    )
+    updated = await get_config()
+    assert updated is not None
+    _recent.read = None
+    return updated
+
+
+async def update_config(settings: Settings, changes: dict[str, Any]) -> AppConfig:
+    """Changes only the given editable values (PATCH); the result is validated as a whole
+    (ValidationError: 422) before anything is written."""
+    config = await require_config(settings)
+    ConfigValues.model_validate({**config.values().model_dump(mode="python"), **changes})
+    if not changes:
+        return config
+    # $set of the given fields only: a concurrent change to another field is not undone.
+    await AppConfig.get_pymongo_collection().update_one(
+        {"_id": config.id},
+        {"$set": {**changes, "updated_at": utcnow()}, "$inc": {"version": 1}},
     )
     updated = await get_config()
     assert updated is not None

@@ -7,7 +7,7 @@ with an opaque cursor, so pages never skip or repeat items while new sessions co
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -39,8 +39,17 @@ def decode_cursor(cursor: str) -> tuple[datetime, PydanticObjectId]:
         at = datetime.fromisoformat(data["t"])
         if at.tzinfo is None:
             raise ValueError("naive time")
-        return at, PydanticObjectId(data["id"])
-    except (binascii.Error, orjson.JSONDecodeError, KeyError, TypeError, ValueError, InvalidId):
+        # A forged offset at the ends of the calendar must not overflow in the query.
+        return at.astimezone(UTC), PydanticObjectId(data["id"])
+    except (
+        binascii.Error,
+        orjson.JSONDecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        OverflowError,
+        InvalidId,
+    ):
         raise ApiError(400, ErrorCode.BAD_REQUEST, "invalid cursor") from None
 
 

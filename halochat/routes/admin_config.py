@@ -1,12 +1,15 @@
-from pydantic import ConfigDict
+"""The Control Center configuration (admin): read, replace (PUT, every field), merge (PATCH)."""
+
+from pydantic import ConfigDict, Field, StrictBool
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 from sanic_ext import openapi
 
 from halochat.auth import authenticated
 from halochat.constants import Role
-from halochat.documents import ConfigValues
-from halochat.domain.app_config import replace_config, require_config
+from halochat.documents import ConfigValues, Tier
+from halochat.documents.app_config import MAX_FREE_TRIAL_MINUTES, MAX_PAIRING_TIMEOUT_SECONDS
+from halochat.domain.app_config import replace_config, require_config, update_config
 from halochat.routes.common import json_response, parse_body
 from halochat.routes.openapi_docs import json_body
 from halochat.views import config_view
@@ -15,7 +18,32 @@ bp = Blueprint("admin_config", url_prefix="/v1/admin/config")
 
 
 class ConfigIn(ConfigValues):
+    """PUT: the whole configuration. Every field is required, so that a forgotten one is a
+    422 instead of a silent reset to its default."""
+
     model_config = ConfigDict(extra="forbid")
+
+    free_trial_enabled: StrictBool
+    free_trial_minutes: int = Field(gt=0, le=MAX_FREE_TRIAL_MINUTES)
+    pairing_timeout_seconds: int = Field(gt=0, le=MAX_PAIRING_TIMEOUT_SECONDS)
+
+
+class ConfigPatch(ConfigValues):
+    """PATCH: only the fields given change (a JSON merge; `tiers` is replaced as a whole);
+    null is not a value of any field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Defaults are not validated: an absent field stays absent (exclude_unset) while an
+    # explicit null fails its type. (The None defaults are never read.)
+    tiers: list[Tier] = Field(default=None, min_length=1)  # type: ignore[assignment]
+    free_trial_enabled: StrictBool = Field(default=None)  # type: ignore[assignment]
+    free_trial_minutes: int = Field(  # type: ignore[assignment]
+        default=None, gt=0, le=MAX_FREE_TRIAL_MINUTES
+    )
+    pairing_timeout_seconds: int = Field(  # type: ignore[assignment]
+        default=None, gt=0, le=MAX_PAIRING_TIMEOUT_SECONDS
+    )
 
 
 @bp.get("/")
@@ -28,11 +56,22 @@ async def read_config(request: Request) -> HTTPResponse:
 
 
 @bp.put("/")
-@openapi.summary("Replace the Control Center configuration (admin); applies at once")
+@openapi.summary("Replace the Control Center configuration, every field required (admin)")
 @json_body(ConfigIn)
 @openapi.secured("bearer")
 @authenticated(Role.ADMIN)
 async def write_config(request: Request) -> HTTPResponse:
     values = parse_body(request, ConfigIn)
     config = await replace_config(request.app.ctx.services.settings, values)
+    return json_response(config_view(config))
+
+
+@bp.patch("/")
+@openapi.summary("Change some Control Center settings; the others stay as they are (admin)")
+@json_body(ConfigPatch)
+@openapi.secured("bearer")
+@authenticated(Role.ADMIN)
+async def patch_config(request: Request) -> HTTPResponse:
+    changes = parse_body(request, ConfigPatch).model_dump(mode="python", exclude_unset=True)
+    config = await update_config(request.app.ctx.services.settings, changes)
     return json_response(config_view(config))

@@ -25,10 +25,13 @@ def parse_body[M: BaseModel](request: Request, model: type[M]) -> M:
         raise validation_error(exc) from exc
 
 
-def parse_query[M: BaseModel](request: Request, model: type[M]) -> M:
+def parse_query[M: BaseModel](
+    request: Request, model: type[M], context: dict[str, Any] | None = None
+) -> M:
+    """`context` carries limits from settings to the model's validators."""
     data = {k: v[-1] if isinstance(v, list) else v for k, v in request.args.items()}
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         raise validation_error(exc) from exc
 

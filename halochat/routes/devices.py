@@ -9,6 +9,7 @@ from halochat.constants import ErrorCode
 from halochat.documents import Device
 from halochat.documents.common import utcnow
 from halochat.errors import not_found
+from halochat.inputs import Line
 from halochat.routes.common import json_response, parse_body
 from halochat.routes.openapi_docs import json_body
 
@@ -21,8 +22,8 @@ class DeviceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
-    fcm_token: str = Field(min_length=1, max_length=4096)
-    platform: str | None = Field(default=None, max_length=32)
+    fcm_token: Line = Field(max_length=4096)
+    platform: Line | None = Field(default=None, max_length=32)
 
 
 def device_view(device: Device) -> dict[str, object]:

@@ -25,7 +25,9 @@ class HistoryQuery(BaseModel):
 
 @bp.get("/history")
 @openapi.summary("The caller's finished (COMPLETED) sessions, newest first, keyset-paginated")
-@openapi.parameter("limit", int, description=f"1..{HISTORY_MAX_LIMIT}, default 20")
+@openapi.parameter(
+    "limit", openapi.Integer(minimum=1, maximum=HISTORY_MAX_LIMIT), description="default 20"
+)
 @openapi.parameter("cursor", str, description="next_cursor of the previous page")
 @openapi.secured("bearer")
 @authenticated(Role.CUSTOMER, Role.MITRA)

@@ -11,6 +11,7 @@ from sanic_ext import openapi
 from halochat.auth import authenticated
 from halochat.constants import ErrorCode, Role
 from halochat.domain import closing, extension, pairing
+from halochat.inputs import Line, Text
 from halochat.routes.common import json_response, object_id, parse_body
 from halochat.routes.openapi_docs import json_body
 from halochat.views import session_view
@@ -23,13 +24,13 @@ PARTIES = (Role.CUSTOMER, Role.MITRA)
 class ExtensionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tier_id: str = Field(min_length=1, max_length=64)
+    tier_id: Line = Field(max_length=64)
 
 
 class ExtensionAnswerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    extension_id: str = Field(min_length=1, max_length=64)
+    extension_id: Line = Field(max_length=64)
     accept: StrictBool
 
 
@@ -37,7 +38,7 @@ class ClosureIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # The 1..closure_max_chars rule (after trimming) is checked by the domain.
-    text: str
+    text: Text
 
 
 def _sid(value: str) -> PydanticObjectId:

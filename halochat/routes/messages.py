@@ -1,42 +1,60 @@
 """Chat over HTTP (fallback for the WebSocket, and history): messages and receipts."""
 
 from beanie import PydanticObjectId
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 from sanic_ext import openapi
 
 from halochat.auth import authenticated
+from halochat.config import Settings
 from halochat.constants import ErrorCode, ReceiptKind, Role
 from halochat.domain import messaging
 from halochat.domain.messaging import Sender
+from halochat.inputs import INT64_MAX, Line, Text
 from halochat.routes.common import json_response, object_id, parse_body, parse_query
 from halochat.routes.openapi_docs import json_body
 from halochat.views import message_view
 
 bp = Blueprint("messages", url_prefix="/v1/sessions")
 
+DEFAULT_MAX_LIMIT: int = Settings.model_fields["history_max_limit"].default
+
 
 class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    client_msg_id: str = Field(min_length=1, max_length=64)
-    body: str  # 1..message_max_chars after trimming (checked in the domain)
+    client_msg_id: Line = Field(max_length=64)
+    body: Text  # 1..message_max_chars after trimming (checked in the domain)
 
 
 class ReceiptIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: ReceiptKind
-    seq: int = Field(strict=True, ge=1)
+    seq: int = Field(strict=True, ge=1, le=INT64_MAX)
 
 
 class HistoryQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    after_seq: int | None = Field(default=None, ge=0)
-    before_seq: int | None = Field(default=None, ge=1)
-    limit: int | None = Field(default=None, ge=1)
+    after_seq: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    before_seq: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    # Up to HALOCHAT_HISTORY_MAX_LIMIT (the validation context's max_limit): more is a 422.
+    limit: int | None = Field(default=None, ge=1, le=INT64_MAX)
+
+    @field_validator("limit")
+    @classmethod
+    def _at_most_max_limit(cls, limit: int | None, info: ValidationInfo) -> int | None:
+        max_limit = (info.context or {}).get("max_limit")
+        if limit is not None and max_limit is not None and limit > max_limit:
+            raise PydanticCustomError(
+                "less_than_equal",
+                "Input should be less than or equal to {le}",
+                {"le": max_limit},
+            )
+        return limit
 
 
 def _session_id(value: str) -> PydanticObjectId:
@@ -45,15 +63,19 @@ def _session_id(value: str) -> PydanticObjectId:
 
 @bp.get("/<session_id:str>/messages")
 @openapi.summary("Messages of a session by seq range, chronological (status as the sender sees)")
-@openapi.parameter("after_seq", int)
-@openapi.parameter("before_seq", int)
-@openapi.parameter("limit", int)
+@openapi.parameter("after_seq", openapi.Integer(minimum=0, maximum=INT64_MAX))
+@openapi.parameter("before_seq", openapi.Integer(minimum=1, maximum=INT64_MAX))
+@openapi.parameter(
+    "limit",
+    openapi.Integer(minimum=1, maximum=DEFAULT_MAX_LIMIT),
+    description="default 50; at most HALOCHAT_HISTORY_MAX_LIMIT (200): more is a 422",
+)
 @openapi.secured("bearer")
 @authenticated(Role.CUSTOMER, Role.MITRA)
 async def list_messages(request: Request, session_id: str) -> HTTPResponse:
-    query = parse_query(request, HistoryQuery)
     settings = request.app.ctx.services.settings
-    limit = min(query.limit or settings.history_default_limit, settings.history_max_limit)
+    query = parse_query(request, HistoryQuery, context={"max_limit": settings.history_max_limit})
+    limit = query.limit or settings.history_default_limit
     session, messages, has_more = await messaging.history(
         Sender.of_user(request.ctx.user),
         _session_id(session_id),

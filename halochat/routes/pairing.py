@@ -9,6 +9,7 @@ from sanic_ext import openapi
 from halochat.auth import authenticated
 from halochat.constants import ChoiceKind, ErrorCode, Role
 from halochat.domain import pairing
+from halochat.inputs import Line
 from halochat.routes.common import json_response, object_id, parse_body
 from halochat.routes.openapi_docs import json_body
 from halochat.views import session_view, user_view
@@ -20,7 +21,7 @@ class ChatRequestIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     choice: ChoiceKind
-    tier_id: str | None = Field(default=None, min_length=1, max_length=64)
+    tier_id: Line | None = Field(default=None, max_length=64)
 
     @model_validator(mode="after")
     def _tier_matches_choice(self) -> "ChatRequestIn":

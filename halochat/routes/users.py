@@ -6,6 +6,7 @@ from sanic_ext import openapi
 from halochat.auth import authenticated, issue_token
 from halochat.constants import AuthMode, Role
 from halochat.documents import User
+from halochat.inputs import Line
 from halochat.routes.common import json_response, parse_body
 from halochat.routes.openapi_docs import json_body
 from halochat.views import user_view
@@ -17,8 +18,8 @@ class NewUser(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Role
-    display_name: str = Field(min_length=1, max_length=80)
-    auth_uid: str | None = Field(default=None, min_length=1, max_length=128)
+    display_name: Line = Field(max_length=80)
+    auth_uid: Line | None = Field(default=None, max_length=128)
 
 
 @bp.get("/me")

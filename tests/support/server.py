@@ -14,6 +14,8 @@ from pymongo import MongoClient
 
 from halochat.auth import issue_token
 from halochat.config import Settings
+from halochat.documents.app_config import CONFIG_KEY
+from halochat.domain.app_config import TEST_TIERS
 from halochat.launch import SERVE_COMMAND, child_env, free_port
 from tests.support.clients import Actor
 
@@ -26,6 +28,10 @@ class ServerProcess:
 
     With `mongodb_uri` it uses that database (shared by the test session); without it, the
     server starts its own embedded database under `data_dir`, as `make run` does.
+
+    `test_tiers`: once started on a shared database, the developer test tiers (`test-1m`) are
+    added to its configuration, as `halochat seed` does for a developer; the server's own
+    default configuration has none.
     """
 
     def __init__(
@@ -35,6 +41,7 @@ class ServerProcess:
         mongodb_uri: str | None,
         env: dict[str, str] | None = None,
         db_name: str | None = None,
+        test_tiers: bool = True,
     ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -42,6 +49,7 @@ class ServerProcess:
         self.db_name = db_name or f"t_{uuid.uuid4().hex[:12]}"
         self.port = free_port()
         self.extra_env = env or {}
+        self.test_tiers = test_tiers
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "server.log"
         self._db_client: MongoClient[dict[str, Any]] | None = None
@@ -79,6 +87,8 @@ class ServerProcess:
                 raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.log_tail()}")
             try:
                 if httpx.get(f"{self.base_url}/readyz", timeout=5.0).status_code == 200:
+                    if self.test_tiers and self.mongodb_uri:
+                        self.add_test_tiers()
                     return self
             except httpx.HTTPError:
                 pass
@@ -122,6 +132,15 @@ class ServerProcess:
 
     def settings(self) -> Settings:
         return Settings(jwt_secret=JWT_SECRET)
+
+    def add_test_tiers(self) -> None:
+        """The server made its default configuration before it was ready; requests read the
+        configuration fresh, so the tiers apply at once."""
+        ids = [t.id for t in TEST_TIERS]
+        self.db["app_config"].update_one(
+            {"key": CONFIG_KEY, "tiers.id": {"$nin": ids}},
+            {"$push": {"tiers": {"$each": [t.model_dump(mode="json") for t in TEST_TIERS]}}},
+        )
 
     def create_user(self, role: str, name: str, *, available: bool = False) -> Actor:
         doc = {

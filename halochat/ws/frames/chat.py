@@ -1,6 +1,6 @@
 """Chat frames: message.send, receipt, typing, hello (docs/protocol.md, "Chat")."""
 
-from typing import Any
+from typing import Annotated, Any
 
 from beanie import PydanticObjectId
 from pydantic import BaseModel, ConfigDict, Field
@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from halochat.constants import ClientFrame, ErrorCode, ReceiptKind, TypingState
 from halochat.domain import messaging
 from halochat.domain.messaging import Sender
+from halochat.inputs import INT64_MAX, Line, Text
 from halochat.routes.common import object_id
 from halochat.services import Services
 from halochat.views import message_view
@@ -22,8 +23,8 @@ class SendFrame(BaseModel):
     model_config = _STRICT
 
     session_id: str
-    client_msg_id: str = Field(min_length=1, max_length=64)
-    body: str  # length is checked after trimming (messaging.send_message)
+    client_msg_id: Line = Field(max_length=64)
+    body: Text  # length is checked after trimming (messaging.send_message)
 
 
 class ReceiptFrame(BaseModel):
@@ -31,7 +32,7 @@ class ReceiptFrame(BaseModel):
 
     session_id: str = Field(strict=True)
     kind: ReceiptKind
-    seq: int = Field(strict=True, ge=1)
+    seq: int = Field(strict=True, ge=1, le=INT64_MAX)
 
 
 class TypingFrame(BaseModel):
@@ -44,7 +45,8 @@ class TypingFrame(BaseModel):
 class HelloFrame(BaseModel):
     model_config = _STRICT
 
-    sessions: dict[str, int] = Field(default_factory=dict)
+    # session id -> the last seq the client has (0: none yet).
+    sessions: dict[str, Annotated[int, Field(ge=0, le=INT64_MAX)]] = Field(default_factory=dict)
 
 
 def _session_id(value: str) -> PydanticObjectId:
@@ -90,8 +92,6 @@ async def typing(services: Services, conn: Connection, data: dict[str, Any]) -> 
 @on(ClientFrame.HELLO)
 async def hello(services: Services, conn: Connection, data: dict[str, Any]) -> AckThen:
     frame = HelloFrame.model_validate(data)
-    if any(seq < 0 for seq in frame.sessions.values()):
-        raise messaging.invalid_input("last seqs must be >= 0")
     plan = messaging.plan_hello(frame.sessions)
 
     async def run(send_ack: Any) -> None:
