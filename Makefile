@@ -4,6 +4,7 @@ PYENV_PY := $(HOME)/.pyenv/versions/$(shell cat .python-version)/bin/python
 PYTHON ?= $(if $(wildcard $(PYENV_PY)),$(PYENV_PY),python3.13)
 VENV := .venv
 PY := $(VENV)/bin/python
+HALOCHAT := $(VENV)/bin/halochat
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench bench-load bench-timers install seed clean
@@ -19,10 +20,10 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m halochat serve
+	$(HALOCHAT) serve
 
 seed: $(STAMP)
-	$(PY) scripts/seed.py
+	$(HALOCHAT) seed
 
 test: $(STAMP)
 	$(PY) -m pytest

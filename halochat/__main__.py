@@ -1,18 +1,6 @@
-"""`python -m halochat serve` runs the server (see the README)."""
+"""`python -m halochat ...` is the `halochat` command (halochat/cli)."""
 
-import argparse
-
-from halochat.server import serve
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="halochat")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the HTTP/WebSocket server (embedded DB if MONGODB_URI unset)")
-    args = parser.parse_args()
-    if args.command == "serve":
-        serve()
-
+from halochat.cli import main
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,5 @@
-"""scripts/export_history.py against a fixture inserted directly into the test database."""
+"""`halochat export` against a fixture inserted directly into the test database (in-process;
+the memory test runs it as a process of its own to read that process's peak RSS)."""
 
 import csv
 import io
@@ -6,17 +7,21 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from bson import ObjectId
 
+from halochat.cli import export
 from tests.support import stored
 from tests.support.server import REPO_ROOT, ServerProcess
 
-SCRIPT = REPO_ROOT / "scripts" / "export_history.py"
+EXPORT_COMMAND = [sys.executable, "-m", "halochat", "export"]
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 TRICKY = 'Halo, "bestie"\nbaris kedua; 🙂 ümlaut\r\nend'
 
@@ -62,20 +67,27 @@ def message_docs(session: dict[str, Any], bodies: list[str]) -> list[dict[str, A
     return out
 
 
+@contextmanager
+def export_env(server: ServerProcess) -> Iterator[None]:
+    """The environment support staff would set: the database, and no other HALOCHAT_*."""
+    env = {"MONGODB_URI": server.mongodb_uri or "", "HALOCHAT_DB_NAME": server.db_name}
+    with mock.patch.dict(os.environ, env):
+        for name in [n for n in os.environ if n.startswith("HALOCHAT_") and n not in env]:
+            del os.environ[name]
+        yield
+
+
 def run_export(server: ServerProcess, *args: str, output: Path | None = None) -> str:
-    """Runs the script as support staff would; returns stdout, or the output file's text."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HALOCHAT_")}
-    env.update({"MONGODB_URI": server.mongodb_uri or "", "HALOCHAT_DB_NAME": server.db_name})
-    argv = [sys.executable, str(SCRIPT), *args]
-    if output is not None:
-        argv += ["--output", str(output)]
-    proc = subprocess.Popen(
-        argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr.decode()
-    assert stderr == b"", stderr.decode()  # no progress bar when stderr is not a TTY
-    text = output.read_text(encoding="utf-8") if output else stdout.decode()
+    """Runs `halochat export` in-process as support staff would; returns stdout, or the
+    output file's text."""
+    argv = [*args, *(["--output", str(output)] if output is not None else [])]
+    # A real text stream (main reconfigures stdout's newlines for CSV), not a terminal.
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="", write_through=True)
+    stderr = io.StringIO()
+    with export_env(server), redirect_stdout(stdout), redirect_stderr(stderr):
+        export.main(argv)
+    assert stderr.getvalue() == ""  # no progress bar when stderr is not a TTY
+    text = output.read_text(encoding="utf-8") if output else stdout.buffer.getvalue().decode()
     return text
 
 
@@ -84,7 +96,7 @@ def run_for_rss(server: ServerProcess, output: Path, *args: str) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HALOCHAT_")}
     env.update({"MONGODB_URI": server.mongodb_uri or "", "HALOCHAT_DB_NAME": server.db_name})
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--format", "csv", "--output", str(output), *args],
+        [*EXPORT_COMMAND, "--format", "csv", "--output", str(output), *args],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -197,10 +209,15 @@ def test_filters(server: ServerProcess, fixture_db: dict[str, Any]) -> None:
 
 def test_bad_arguments_are_refused(server: ServerProcess, fixture_db: dict[str, Any]) -> None:
     for args in (["--since", "yesterday"], ["--customer", "nope"], ["--state", "DONE"]):
-        proc = subprocess.run(
-            [sys.executable, str(SCRIPT), *args], cwd=REPO_ROOT, capture_output=True, timeout=60
-        )
-        assert proc.returncode == 2 and proc.stdout == b""
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with (
+            export_env(server),
+            redirect_stdout(stdout),
+            redirect_stderr(stderr),
+            pytest.raises(SystemExit) as exited,
+        ):
+            export.main(args)
+        assert exited.value.code == 2 and stdout.getvalue() == "", stderr.getvalue()
 
 
 MEMORY_SESSIONS = 20

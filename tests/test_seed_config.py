@@ -1,19 +1,21 @@
-"""Control Center configuration (admin API) and the developer seed script."""
+"""Control Center configuration (admin API) and the developer seed command."""
 
+import asyncio
+import io
 import json
 import os
-import subprocess
-import sys
+from contextlib import redirect_stdout
 from typing import Any
+from unittest import mock
 
 from pymongo import MongoClient
 
 from halochat.auth import issue_token
+from halochat.cli import seed
 from tests.conftest import ServerFactory
 from tests.support.clients import Actor, api
-from tests.support.server import JWT_SECRET, REPO_ROOT, ServerProcess
+from tests.support.server import JWT_SECRET, ServerProcess
 
-SEED = REPO_ROOT / "scripts" / "seed.py"
 EDITABLE = ("tiers", "free_trial_enabled", "free_trial_minutes", "pairing_timeout_seconds")
 
 
@@ -87,28 +89,27 @@ async def test_changes_apply_at_once(server: ServerProcess, admin: Actor) -> Non
         assert (await a.put("/v1/admin/config", json=before)).status_code == 200
 
 
-def run_seed(proc: ServerProcess, *args: str) -> str:
-    """The seed script as a developer runs it next to `make run`: no MONGODB_URI, same
-    data dir, so it must reuse the server's live embedded database."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HALOCHAT_")}
-    env.pop("MONGODB_URI", None)
-    env.update(
-        {
-            "HALOCHAT_DATA_DIR": str(proc.workdir / "var"),
-            "HALOCHAT_DB_NAME": proc.db_name,
-            "HALOCHAT_JWT_SECRET": JWT_SECRET,
-        }
-    )
-    done = subprocess.run(
-        [sys.executable, str(SEED), *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+async def run_seed(proc: ServerProcess, *args: str) -> str:
+    """`halochat seed` as a developer runs it next to `make run`: no MONGODB_URI, same data
+    dir, so it must reuse the server's live embedded database. In-process, on a thread of its
+    own (the command runs its own event loop); returns what it printed."""
+    env = {
+        "HALOCHAT_DATA_DIR": str(proc.workdir / "var"),
+        "HALOCHAT_DB_NAME": proc.db_name,
+        "HALOCHAT_JWT_SECRET": JWT_SECRET,
+    }
+    out = io.StringIO()
+
+    def run() -> None:
+        with redirect_stdout(out):
+            seed.main(list(args))
+
+    with mock.patch.dict(os.environ, env):
+        for name in [n for n in os.environ if n.startswith("HALOCHAT_") and n not in env]:
+            del os.environ[name]
+        os.environ.pop("MONGODB_URI", None)
+        await asyncio.to_thread(run)
+    return out.getvalue()
 
 
 def snapshot(db: Any) -> dict[str, Any]:
@@ -126,10 +127,15 @@ async def test_seed_next_to_a_running_server(server_factory: ServerFactory) -> N
     client: MongoClient[dict[str, Any]] = MongoClient(state["uri"], tz_aware=True)
     try:
         db = client[live.db_name]
-        first = run_seed(live)
+        # The server's own default configuration offers no developer test tier (issue 11).
+        assert [t["id"] for t in db["app_config"].find_one()["tiers"]] == ["15m", "30m", "60m"]
+        first = await run_seed(live)
         assert "token:" in first
+        # Seeding is what adds it.
+        tiers = [t["id"] for t in db["app_config"].find_one()["tiers"]]
+        assert tiers == ["15m", "30m", "60m", "test-1m"]
         counts = {n: db[n].count_documents({}) for n in ("users", "app_config")}
-        run_seed(live)  # idempotent
+        await run_seed(live)  # idempotent
         assert {n: db[n].count_documents({}) for n in ("users", "app_config")} == counts
         assert counts["users"] == 6 and counts["app_config"] == 1
 
@@ -141,7 +147,7 @@ async def test_seed_next_to_a_running_server(server_factory: ServerFactory) -> N
         )
         before = snapshot(db)
 
-        run_seed(live, "--remove-test-tiers", "--no-users")
+        await run_seed(live, "--remove-test-tiers", "--no-users")
         config = db["app_config"].find_one()
         assert [t["id"] for t in config["tiers"]] == ["15m", "30m", "60m", "90m"]
         assert config["free_trial_minutes"] == 9
@@ -151,8 +157,8 @@ async def test_seed_next_to_a_running_server(server_factory: ServerFactory) -> N
             {},
             {"$push": {"tiers": {"id": "test-1m", "label": "old", "minutes": 5, "price": 1}}},
         )
-        run_seed(live, "--test-tiers", "--no-users")
-        run_seed(live, "--test-tiers", "--no-users")
+        await run_seed(live, "--test-tiers", "--no-users")
+        await run_seed(live, "--no-users")
         config = db["app_config"].find_one()
         assert [t["id"] for t in config["tiers"]] == ["15m", "30m", "60m", "90m", "test-1m"]
         test_tier = config["tiers"][-1]

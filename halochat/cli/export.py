@@ -1,6 +1,6 @@
 """Export chat sessions with their messages for support staff, as JSON Lines or CSV.
 
-    python scripts/export_history.py [--format jsonl|csv] [--output FILE|-]
+    halochat export [--format jsonl|csv] [--output FILE|-]
         [--since ISO] [--until ISO] [--customer ID] [--mitra ID] [--session ID]
         [--state STATE ...] [--no-messages] [--batch-size N]
 
@@ -19,15 +19,13 @@ import csv
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import IO, Any
 
 import orjson
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ASCENDING, MongoClient
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tqdm import tqdm
 
 from halochat.config import Settings
 from halochat.constants import Role, SessionState
@@ -186,28 +184,14 @@ def write_csv(out: IO[str], records: Iterator[Any], progress: Any) -> None:
             writer.writerow(session)
 
 
-class _NoProgress:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def make_progress() -> Any:
-    """A tqdm bar on stderr, only when stderr is a terminal (never pollutes the output)."""
-    if not sys.stderr.isatty():
-        return _NoProgress()
-    from tqdm import tqdm
-
-    return tqdm(unit=" msg", file=sys.stderr, desc="exporting")
+    """A tqdm bar on stderr, only when stderr is a terminal (never pollutes the output):
+    tqdm's disable=None."""
+    return tqdm(unit=" msg", file=sys.stderr, desc="exporting", disable=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="halochat export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     parser.add_argument("--output", default="-", help="file to write, or - for stdout")
     parser.add_argument("--since", type=parse_time, help="created_at >= this (ISO 8601, UTC)")

@@ -3,18 +3,14 @@
 Idempotent: running it again changes nothing that is already there (users are keyed by
 their auth_uid, the configuration by its key). Prints a bearer token per demo user.
 
-    python scripts/seed.py                  # default config (if none) + demo users
-    python scripts/seed.py --test-tiers     # also add/reset the 1-minute test tier only
-    python scripts/seed.py --remove-test-tiers
+    halochat seed                      # default config (if none) + the test tier + demo users
+    halochat seed --remove-test-tiers  # remove the test tier instead
+    halochat seed --no-users           # leave users alone
 Uses MONGODB_URI when set, else the embedded database under HALOCHAT_DATA_DIR (var/).
 """
 
 import argparse
 import asyncio
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from halochat.auth import issue_token
 from halochat.config import Settings
@@ -70,14 +66,16 @@ async def seed(settings: Settings, *, users: bool, test_tiers: bool | None) -> N
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="halochat seed", description=__doc__.split("\n\n")[0])
+    # The developer test tier is what seeding is for: added unless removed (docs/support.md).
+    parser.set_defaults(test_tiers=True)
     tiers = parser.add_mutually_exclusive_group()
     tiers.add_argument(
         "--test-tiers",
         dest="test_tiers",
         action="store_const",
         const=True,
-        help="add or reset the developer test tiers (other data untouched)",
+        help="add or reset the developer test tiers (the default; other data untouched)",
     )
     tiers.add_argument(
         "--remove-test-tiers",

@@ -196,8 +196,10 @@ async def _serve(data_dir: Path, host: str, port: int) -> None:
         await server.close()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="halochat's embedded MongoDB-wire database")
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="halochat's embedded MongoDB-wire database"
+    )
     parser.add_argument("--data-dir", type=Path, default=Path("var/db"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)

@@ -12,6 +12,7 @@ CONFIG_KEY = "control_center"
 MAX_PRICE = 1_000_000_000
 MAX_FREE_TRIAL_MINUTES = 24 * 60
 MAX_PAIRING_TIMEOUT_SECONDS = 3600
+MAX_TIERS = 50
 
 
 class Tier(BaseModel):
@@ -29,7 +30,7 @@ class Tier(BaseModel):
 class ConfigValues(BaseModel):
     """The editable part of the Control Center configuration, validated as a whole."""
 
-    tiers: list[Tier] = Field(min_length=1)
+    tiers: list[Tier] = Field(min_length=1, max_length=MAX_TIERS)
     free_trial_enabled: bool = True
     free_trial_minutes: int = Field(default=5, gt=0, le=MAX_FREE_TRIAL_MINUTES)
     pairing_timeout_seconds: int = Field(default=120, gt=0, le=MAX_PAIRING_TIMEOUT_SECONDS)

@@ -8,7 +8,11 @@ from sanic_ext import openapi
 from halochat.auth import authenticated
 from halochat.constants import Role
 from halochat.documents import ConfigValues, Tier
-from halochat.documents.app_config import MAX_FREE_TRIAL_MINUTES, MAX_PAIRING_TIMEOUT_SECONDS
+from halochat.documents.app_config import (
+    MAX_FREE_TRIAL_MINUTES,
+    MAX_PAIRING_TIMEOUT_SECONDS,
+    MAX_TIERS,
+)
 from halochat.domain.app_config import replace_config, require_config, update_config
 from halochat.routes.common import json_response, parse_body
 from halochat.routes.openapi_docs import json_body
@@ -36,7 +40,7 @@ class ConfigPatch(ConfigValues):
 
     # Defaults are not validated: an absent field stays absent (exclude_unset) while an
     # explicit null fails its type. (The None defaults are never read.)
-    tiers: list[Tier] = Field(default=None, min_length=1)  # type: ignore[assignment]
+    tiers: list[Tier] = Field(default=None, min_length=1, max_length=MAX_TIERS)  # type: ignore[assignment]
     free_trial_enabled: StrictBool = Field(default=None)  # type: ignore[assignment]
     free_trial_minutes: int = Field(  # type: ignore[assignment]
         default=None, gt=0, le=MAX_FREE_TRIAL_MINUTES
