@@ -23,7 +23,7 @@ class Tier(BaseModel):
         gt=0, le=MAX_PRICE, description="Price in the currency's smallest unit (IDR has none)."
     )
     currency: str = Field(default="IDR", pattern=r"^[A-Z]{3}$", description="ISO 4217 code")
-    # Developer test tiers (the 1-minute tier); `scripts/seed.py --test-tiers` manages them.
+    # Developer test tiers (the 1-minute tier); `halochat seed` manages them.
     test: bool = False
 
 
