@@ -1,5 +1,7 @@
 """The Control Center configuration (admin): read, replace (PUT, every field), merge (PATCH)."""
 
+from typing import Any
+
 from pydantic import ConfigDict, Field, StrictBool
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
@@ -32,11 +34,17 @@ class ConfigIn(ConfigValues):
     pairing_timeout_seconds: int = Field(gt=0, le=MAX_PAIRING_TIMEOUT_SECONDS)
 
 
+def _without_defaults(schema: dict[str, Any]) -> None:
+    # The None defaults below only mean "absent"; clients must not read them as values.
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)
+
+
 class ConfigPatch(ConfigValues):
     """PATCH: only the fields given change (a JSON merge; `tiers` is replaced as a whole);
     null is not a value of any field."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_without_defaults)
 
     # Defaults are not validated: an absent field stays absent (exclude_unset) while an
     # explicit null fails its type. (The None defaults are never read.)
