@@ -1,6 +1,6 @@
 """Validated input types shared by every HTTP body, query and WebSocket frame.
 
-Free text (`line`, `text`) is normalised — Unicode NFC, CRLF as LF, surrounding whitespace and
+Free text (`Line`, `Text`) is normalised — Unicode NFC, CRLF as LF, surrounding whitespace and
 zero-width padding trimmed — and refused when it holds a control character or nothing visible
 (empty, whitespace only, zero-width characters only). Integers are bounded (`INT64_MAX`): MongoDB
 stores int64, and a larger number must be a 422, never a failed write.
@@ -64,7 +64,7 @@ def _clean_multiline(value: str) -> str:
 
 
 # One line of free text (names, labels, ids chosen by clients): no control character at all.
-# Bound it where used: `name: Line = Field(max_length=80)`.
+# Bound it where used, `name: Line = Field(max_length=80)`: that bounds the text as sent.
 Line = Annotated[str, Field(min_length=1), AfterValidator(_clean_line)]
 # Multi-line free text (message bodies, closing messages): newlines and tabs allowed. Limits
 # from settings (HALOCHAT_MESSAGE_MAX_CHARS, ...) are checked after trimming by the domain.
