@@ -19,10 +19,10 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m halochat serve
+	HALOCHAT_DEV_MODE=1 $(PY) -m halochat serve
 
 seed: $(STAMP)
-	$(PY) scripts/seed.py
+	HALOCHAT_DEV_MODE=1 $(PY) scripts/seed.py
 
 test: $(STAMP)
 	$(PY) -m pytest
