@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # WebSocket close codes (docs/protocol.md): sign in again / the account is disabled.
 CLOSE_AUTH_FAILED = 4401
 CLOSE_USER_DISABLED = 4403
+CLOSE_TRY_AGAIN_LATER = 1013
 
 # Certificate fetches (Google's public keys) give up after this; the request answers 503.
 FIREBASE_HTTP_TIMEOUT_SECONDS = 10
@@ -203,7 +204,11 @@ async def verify(settings: Settings, token: str | None) -> Identity:
 
 
 def ws_close_code(err: ApiError) -> int:
-    return CLOSE_USER_DISABLED if err.code == ErrorCode.USER_DISABLED else CLOSE_AUTH_FAILED
+    if err.code == ErrorCode.USER_DISABLED:
+        return CLOSE_USER_DISABLED
+    # The token could not be checked (e.g. Google's keys unreachable): 1013 "try again later",
+    # so the app does not throw away a token that may be good.
+    return CLOSE_TRY_AGAIN_LATER if err.status >= 500 else CLOSE_AUTH_FAILED
 
 
 async def authenticate(settings: Settings, token: str | None) -> User:

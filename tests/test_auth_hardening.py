@@ -3,7 +3,9 @@ sockets that end with their token or their account, admin disable / enable / rev
 access log without tokens. One server for the module, its access log on."""
 
 import asyncio
+import runpy
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -85,6 +87,16 @@ def test_short_or_development_secrets_need_dev_mode(
     check_settings(Settings(jwt_secret="s" * MIN_JWT_SECRET_BYTES))  # 32 bytes: fine
     # Firebase mode takes no local tokens, so the JWT secret is not used there.
     check_settings(Settings(jwt_secret=secret, auth_mode="firebase", firebase_project_id="p"))
+
+
+def test_the_seed_script_prints_no_forgeable_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It checks the secret as the server does (`make seed` sets HALOCHAT_DEV_MODE)."""
+    for name in ("HALOCHAT_JWT_SECRET", "HALOCHAT_DEV_MODE", "HALOCHAT_AUTH_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "argv", ["seed.py"])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(REPO_ROOT / "scripts" / "seed.py"), run_name="__main__")
+    assert "development secret" in str(exited.value.code)
 
 
 async def test_a_token_signed_with_the_development_secret_is_no_admin(
