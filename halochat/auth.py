@@ -8,6 +8,7 @@ after the user's last token revocation (docs/operations.md, "Authentication").
 import asyncio
 import functools
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -110,6 +111,7 @@ def _local_claims(settings: Settings, token: str) -> _Claims:
 
 
 _firebase_apps: dict[str, firebase_admin.App] = {}
+_firebase_apps_lock = threading.Lock()  # verification runs in worker threads
 
 
 def firebase_auth_app(settings: Settings) -> firebase_admin.App:
@@ -122,15 +124,16 @@ def firebase_auth_app(settings: Settings) -> firebase_admin.App:
     project = firebase_project_id(settings)
     if not project:
         raise UnsafeSettings("the Firebase project id is not configured")
-    app = _firebase_apps.get(project)
-    if app is None:
-        app = firebase_admin.initialize_app(
-            AnonymousCredentials(),
-            {"projectId": project, "httpTimeout": FIREBASE_HTTP_TIMEOUT_SECONDS},
-            name=f"halochat-auth-{project}",
-        )
-        _firebase_apps[project] = app
-    return app
+    with _firebase_apps_lock:
+        app = _firebase_apps.get(project)
+        if app is None:
+            app = firebase_admin.initialize_app(
+                AnonymousCredentials(),
+                {"projectId": project, "httpTimeout": FIREBASE_HTTP_TIMEOUT_SECONDS},
+                name=f"halochat-auth-{project}",
+            )
+            _firebase_apps[project] = app
+        return app
 
 
 def _firebase_claims(settings: Settings, token: str) -> _Claims:
