@@ -15,7 +15,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "serve":
         settings = Settings()
-        try:  # before loading the app: a refused configuration fails at once
+        try:  # before loading the app: a refused configuration fails at once (serve warns)
             check_settings(settings)
         except UnsafeSettings as exc:
             logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")

@@ -77,7 +77,8 @@ def serve(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     _configure_logging()
     try:
-        check_settings(settings)
+        if warning := check_settings(settings):
+            log.warning("%s", warning)
     except UnsafeSettings as exc:
         log.critical("refusing to start: %s", exc)
         sys.exit(2)

@@ -5,25 +5,23 @@ a refused configuration fails in well under a second.
 """
 
 import json
-import logging
 from pathlib import Path
 
 from halochat.config import DEV_JWT_SECRET, MIN_JWT_SECRET_BYTES, Settings
 from halochat.constants import AuthMode
-
-log = logging.getLogger("halochat.auth")
 
 
 class UnsafeSettings(Exception):
     """Settings the server refuses to start with; the message says what to change."""
 
 
-def check_settings(settings: Settings) -> None:
+def check_settings(settings: Settings) -> str | None:
     """Refuses a server that anyone could forge tokens for (or that cannot verify any).
 
     local mode: the JWT secret must not be the one in the source, and must be at least
-    MIN_JWT_SECRET_BYTES long, unless HALOCHAT_DEV_MODE is set. firebase mode: local tokens
-    are not accepted at all (the JWT secret is unused), and the project id must be known.
+    MIN_JWT_SECRET_BYTES long, unless HALOCHAT_DEV_MODE is set (then the problem is returned,
+    for the caller to warn about). firebase mode: local tokens are not accepted at all (the
+    JWT secret is unused), and the project id must be known.
     """
     if settings.auth_mode == AuthMode.FIREBASE:
         if not firebase_project_id(settings):
@@ -32,17 +30,16 @@ def check_settings(settings: Settings) -> None:
                 "HALOCHAT_FIREBASE_PROJECT_ID (or HALOCHAT_FCM_PROJECT_ID, or a "
                 "HALOCHAT_FCM_CREDENTIALS_FILE that names it)"
             )
-        return
+        return None
     size = len(settings.jwt_secret.encode())
     if settings.jwt_secret == DEV_JWT_SECRET:
         problem = "HALOCHAT_JWT_SECRET is not set: the development secret from the source is in use"
     elif size < MIN_JWT_SECRET_BYTES:
         problem = f"HALOCHAT_JWT_SECRET is {size} bytes long, under {MIN_JWT_SECRET_BYTES}"
     else:
-        return
+        return None
     if settings.dev_mode:
-        log.warning("%s; accepted because HALOCHAT_DEV_MODE is set (development only)", problem)
-        return
+        return f"{problem}; accepted because HALOCHAT_DEV_MODE is set (development only)"
     raise UnsafeSettings(
         f"{problem}, so anyone could sign tokens (an admin's included). Set HALOCHAT_JWT_SECRET "
         f"to a random value of at least {MIN_JWT_SECRET_BYTES} bytes (e.g. the output of "

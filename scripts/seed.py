@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     configured = Settings()
     if not args.no_users and configured.auth_mode == AuthMode.LOCAL:
         try:  # the tokens it prints must be ones the server accepts (and nobody can forge)
-            check_settings(configured)
+            if warning := check_settings(configured):
+                print(f"seed: warning: {warning}", file=sys.stderr)
         except UnsafeSettings as exc:
             sys.exit(f"seed: {exc}")
     with database_uri(configured) as settings:

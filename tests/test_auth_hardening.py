@@ -76,17 +76,18 @@ def test_refuses_to_start_with_the_development_secret(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("secret", ["x", "s" * (MIN_JWT_SECRET_BYTES - 1), DEV_JWT_SECRET])
-def test_short_or_development_secrets_need_dev_mode(
-    secret: str, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_short_or_development_secrets_need_dev_mode(secret: str) -> None:
     with pytest.raises(UnsafeSettings, match="HALOCHAT_JWT_SECRET"):
         check_settings(Settings(jwt_secret=secret))
     # `make run` and `make seed` set HALOCHAT_DEV_MODE: allowed there, with a warning.
-    check_settings(Settings(jwt_secret=secret, dev_mode=True))
-    assert "accepted because HALOCHAT_DEV_MODE is set" in caplog.text
-    check_settings(Settings(jwt_secret="s" * MIN_JWT_SECRET_BYTES))  # 32 bytes: fine
+    warning = check_settings(Settings(jwt_secret=secret, dev_mode=True))
+    assert warning and "accepted because HALOCHAT_DEV_MODE is set" in warning
+    assert check_settings(Settings(jwt_secret="s" * MIN_JWT_SECRET_BYTES)) is None  # 32 bytes
     # Firebase mode takes no local tokens, so the JWT secret is not used there.
-    check_settings(Settings(jwt_secret=secret, auth_mode="firebase", firebase_project_id="p"))
+    firebase = Settings(jwt_secret=secret, auth_mode="firebase", firebase_project_id="p")
+    assert check_settings(firebase) is None
+    with pytest.raises(UnsafeSettings, match="HALOCHAT_FIREBASE_PROJECT_ID"):
+        check_settings(Settings(auth_mode="firebase"))
 
 
 def test_the_seed_script_prints_no_forgeable_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
