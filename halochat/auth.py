@@ -189,6 +189,15 @@ def token_revoked(user: User, issued_at: datetime) -> bool:
     return valid_after is not None and issued_at <= _aware(valid_after)
 
 
+def _check_user(user: User | None, issued_at: datetime) -> None:
+    if user is None:
+        raise _unauthorized(ErrorCode.USER_NOT_FOUND, "unknown user")
+    if user.disabled:
+        raise ApiError(403, ErrorCode.USER_DISABLED, "this account is disabled")
+    if token_revoked(user, issued_at):
+        raise _unauthorized(ErrorCode.TOKEN_REVOKED, "token revoked; sign in again")
+
+
 async def verify(settings: Settings, token: str | None) -> Identity:
     if not token:
         raise _unauthorized(ErrorCode.AUTH_REQUIRED, "missing bearer token")
@@ -197,13 +206,15 @@ async def verify(settings: Settings, token: str | None) -> Identity:
     else:
         claims = _local_claims(settings, token)
     user = await _find_user(settings, claims.subject)
-    if user is None:
-        raise _unauthorized(ErrorCode.USER_NOT_FOUND, "unknown user")
-    if user.disabled:
-        raise ApiError(403, ErrorCode.USER_DISABLED, "this account is disabled")
-    if token_revoked(user, claims.issued_at):
-        raise _unauthorized(ErrorCode.TOKEN_REVOKED, "token revoked; sign in again")
+    _check_user(user, claims.issued_at)
+    assert user is not None
     return Identity(user=user, expires_at=claims.expires_at, issued_at=claims.issued_at)
+
+
+async def recheck(identity: Identity) -> None:
+    """Raises as `verify` would if the user was disabled or revoked since (a socket checks
+    once more after registering: a disable or revoke in between found nothing to close)."""
+    _check_user(await User.get(identity.user.id), identity.issued_at)
 
 
 def ws_close_code(err: ApiError) -> int:

@@ -12,7 +12,14 @@ from pydantic import ValidationError
 from pymongo.errors import DuplicateKeyError
 from sanic import Request, Websocket
 
-from halochat.auth import CLOSE_AUTH_FAILED, Identity, bearer_token, verify, ws_close_code
+from halochat.auth import (
+    CLOSE_AUTH_FAILED,
+    Identity,
+    bearer_token,
+    recheck,
+    verify,
+    ws_close_code,
+)
 from halochat.constants import ClientFrame, ErrorCode, ServerFrame
 from halochat.errors import ApiError, duplicate_key, validation_error
 from halochat.json_input import load_object
@@ -151,6 +158,17 @@ async def _work(
             conn.send(error_frame(ApiError(500, ErrorCode.INTERNAL, "internal error"), item.id))
 
 
+async def _recheck(conn: Connection, identity: Identity) -> None:
+    """A disable or revoke that landed while this socket authenticated found no socket to
+    close: look once more now that it is registered."""
+    try:
+        await recheck(identity)
+    except ApiError as err:
+        await conn.close(ws_close_code(err), err.code.value, error_frame(err, None))
+    except Exception:  # best effort: the token was verified a moment ago
+        log.exception("re-checking the user of a new socket failed")
+
+
 async def websocket_endpoint(request: Request, ws: Websocket) -> None:
     services: Services = request.app.ctx.services
     try:
@@ -193,6 +211,7 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
     _workers.add(worker)  # a strong reference until it ends (asyncio keeps only weak ones)
     worker.add_done_callback(_workers.discard)
     try:
+        await _recheck(conn, identity)
         async for text in ws:
             item: ClientEnvelope | dict[str, Any]
             try:
