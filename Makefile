@@ -20,10 +20,10 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 run: $(STAMP)
-	$(HALOCHAT) serve
+	HALOCHAT_DEV_MODE=1 $(HALOCHAT) serve
 
 seed: $(STAMP)
-	$(HALOCHAT) seed
+	HALOCHAT_DEV_MODE=1 $(HALOCHAT) seed
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -6,7 +6,9 @@ from sanic import Blueprint, Sanic
 from sanic_ext import Extend, openapi
 
 import halochat.ws.frames  # noqa: F401  (registers the frame handlers)
+from halochat.auth import firebase_auth_app
 from halochat.config import Settings
+from halochat.constants import AuthMode
 from halochat.db.connect import init_db, make_client
 from halochat.domain import recovery
 from halochat.domain.app_config import ensure_config
@@ -15,6 +17,7 @@ from halochat.jobs.timers import Timers
 from halochat.push import PushService
 from halochat.routes import ROUTE_BLUEPRINTS
 from halochat.services import Services
+from halochat.settings_check import check_settings
 from halochat.ws.handler import websocket_endpoint
 from halochat.ws.hub import Hub
 
@@ -28,6 +31,7 @@ def create_app(settings: Settings | None = None) -> Sanic:
             "create_app needs settings.mongodb_uri (halochat.server starts the "
             "embedded database when MONGODB_URI is unset)"
         )
+    check_settings(settings)  # no forgeable tokens (raises UnsafeSettings)
     app = Sanic(settings.app_name)
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
     # Oversized frames are answered with an error frame by our own check, so the
@@ -54,6 +58,8 @@ def create_app(settings: Settings | None = None) -> Sanic:
 
     @app.before_server_start
     async def start_services(app: Sanic) -> None:
+        if settings.auth_mode == AuthMode.FIREBASE:
+            firebase_auth_app(settings)  # made once, before the first token arrives
         client = make_client(settings.mongodb_uri)
         await init_db(client, settings.db_name)
         if settings.seed_on_start:

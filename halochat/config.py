@@ -10,6 +10,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from halochat.constants import AuthMode
 
+# The value in the source: anyone can read it, so only a development server may sign with it.
+DEV_JWT_SECRET = "dev-only-secret-change-me-0123456789abcdef"
+MIN_JWT_SECRET_BYTES = 32
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HALOCHAT_", extra="ignore")
@@ -31,9 +35,14 @@ class Settings(BaseSettings):
 
     # Auth
     auth_mode: AuthMode = AuthMode.LOCAL
-    jwt_secret: str = "dev-only-secret-change-me-0123456789abcdef"
+    jwt_secret: str = DEV_JWT_SECRET
     jwt_ttl_seconds: int = 30 * 24 * 3600
     jwt_issuer: str = "halochat"
+    # Allows the development JWT secret or a short one (make run, make seed); never in production.
+    dev_mode: bool = False
+    # Firebase project whose ID tokens are accepted (auth_mode=firebase); defaults to
+    # fcm_project_id, then to the project of fcm_credentials_file (docs/operations.md).
+    firebase_project_id: str | None = None
 
     # FCM (firebase-admin). No credentials file -> push is disabled (logged, not sent).
     fcm_credentials_file: Path | None = None

@@ -183,6 +183,8 @@ class ErrorCode(StrEnum):
     INVALID_TOKEN = "invalid_token"
     TOKEN_EXPIRED = "token_expired"
     USER_NOT_FOUND = "user_not_found"
+    TOKEN_REVOKED = "token_revoked"  # issued before an admin revoked the user's tokens
+    USER_DISABLED = "user_disabled"  # 403: an admin disabled the account
     FORBIDDEN = "forbidden"
     WRONG_ROLE = "wrong_role"
     NOT_PARTICIPANT = "not_participant"
@@ -200,6 +202,7 @@ class ErrorCode(StrEnum):
     ALREADY_RESOLVED = "already_resolved"
     ALREADY_SUBMITTED = "already_submitted"
     DUPLICATE = "duplicate"
+    SELF_LOCKOUT = "self_lockout"  # an admin may not disable or revoke themselves
     # 413 / 422 / 429
     PAYLOAD_TOO_LARGE = "payload_too_large"
     VALIDATION_ERROR = "validation_error"

@@ -2,10 +2,14 @@
 
 import contextlib
 import logging
+import re
+import sys
 from collections.abc import Iterator
+from urllib.parse import unquote_plus
 
 from halochat.app import create_app
 from halochat.config import Settings
+from halochat.settings_check import UnsafeSettings, check_settings
 
 log = logging.getLogger("halochat")
 
@@ -27,6 +31,36 @@ def database_uri(settings: Settings) -> Iterator[Settings]:
         db.stop()
 
 
+# A query parameter in a logged URL: `?name=value` or `&name=value`.
+_QUERY_PARAM = re.compile(r"(?P<sep>[?&])(?P<name>[^=&#\s]*)=(?P<value>[^&#\s]*)")
+SECRET_QUERY_PARAMS = frozenset({"token"})  # the WebSocket's ?token= (docs/protocol.md)
+
+
+def redact_url(text: str) -> str:
+    """`text` with the values of secret query parameters replaced (names compared decoded, as
+    the server reads them, so `%74oken=` is caught too)."""
+
+    def repl(m: re.Match[str]) -> str:
+        if unquote_plus(m["name"]).lower() in SECRET_QUERY_PARAMS:
+            return f"{m['sep']}{m['name']}=[redacted]"
+        return m[0]
+
+    return _QUERY_PARAM.sub(repl, text)
+
+
+class RedactTokens(logging.Filter):
+    """On Sanic's access logger: the request line it logs (`extra["request"]`) carries the
+    full URL, ?token= included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request = getattr(record, "request", None)
+        if isinstance(request, str):
+            record.request = redact_url(request)
+        if isinstance(record.msg, str) and "=" in record.msg:
+            record.msg = redact_url(record.msg)
+        return True
+
+
 def _configure_logging() -> None:
     """Our loggers and the scheduler's; Sanic configures its own (no duplicate lines)."""
     handler = logging.StreamHandler()
@@ -36,11 +70,18 @@ def _configure_logging() -> None:
         logger.setLevel(logging.INFO)
         logger.addHandler(handler)
         logger.propagate = False
+    logging.getLogger("sanic.access").addFilter(RedactTokens())
 
 
 def serve(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     _configure_logging()
+    try:
+        if warning := check_settings(settings):
+            log.warning("%s", warning)
+    except UnsafeSettings as exc:
+        log.critical("refusing to start: %s", exc)
+        sys.exit(2)
     with database_uri(settings) as resolved:
         app = create_app(resolved)
         log.info("serving on http://%s:%s (OpenAPI at /docs)", resolved.host, resolved.port)

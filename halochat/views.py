@@ -19,6 +19,16 @@ def user_view(user: User) -> dict[str, Any]:
     return view
 
 
+def admin_user_view(user: User) -> dict[str, Any]:
+    """What an admin sees of an account: the user view plus its auth state."""
+    return {
+        **user_view(user),
+        "auth_uid": user.auth_uid,
+        "disabled": user.disabled,
+        "tokens_valid_after": user.tokens_valid_after,
+    }
+
+
 def config_view(config: AppConfig) -> dict[str, Any]:
     return {
         **config.values().model_dump(mode="json"),

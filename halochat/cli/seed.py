@@ -19,6 +19,7 @@ from halochat.db.connect import init_db, make_client
 from halochat.documents import User
 from halochat.domain.app_config import ensure_config, set_test_tiers
 from halochat.server import database_uri
+from halochat.settings_check import UnsafeSettings, check_settings
 
 DEMO_USERS: tuple[tuple[str, Role, str], ...] = (
     ("seed-customer-1", Role.CUSTOMER, "Rina"),
@@ -86,7 +87,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--no-users", action="store_true", help="do not create demo users")
     args = parser.parse_args(argv)
-    with database_uri(Settings()) as settings:
+    configured = Settings()
+    if not args.no_users and configured.auth_mode == AuthMode.LOCAL:
+        try:  # the tokens it prints must be ones the server accepts (and nobody can forge)
+            if warning := check_settings(configured):
+                print(f"seed: warning: {warning}", file=sys.stderr)
+        except UnsafeSettings as exc:
+            sys.exit(f"seed: {exc}")
+    with database_uri(configured) as settings:
         asyncio.run(seed(settings, users=not args.no_users, test_tiers=args.test_tiers))
 
 

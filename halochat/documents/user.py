@@ -16,6 +16,8 @@ class User(Document):
     # Mitra availability: only available Mitras are offered chat requests.
     available: bool = False
     disabled: bool = False
+    # Tokens issued at or before this instant are refused (admin "revoke tokens").
+    tokens_valid_after: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
     class Settings:

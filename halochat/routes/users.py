@@ -1,15 +1,17 @@
+from beanie import PydanticObjectId
 from pydantic import BaseModel, ConfigDict, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 from sanic_ext import openapi
 
 from halochat.auth import authenticated, issue_token
-from halochat.constants import AuthMode, Role
+from halochat.constants import AuthMode, ErrorCode, Role
 from halochat.documents import User
+from halochat.domain import accounts
 from halochat.inputs import Line
-from halochat.routes.common import json_response, parse_body
+from halochat.routes.common import json_response, object_id, parse_body
 from halochat.routes.openapi_docs import json_body
-from halochat.views import user_view
+from halochat.views import admin_user_view, user_view
 
 bp = Blueprint("users", url_prefix="/v1")
 
@@ -44,3 +46,58 @@ async def create_user(request: Request) -> HTTPResponse:
     if settings.auth_mode == AuthMode.LOCAL:
         out["token"] = issue_token(settings, user.id)
     return json_response(out, status=201)
+
+
+def _uid(value: str) -> PydanticObjectId:
+    return object_id(value, ErrorCode.NOT_FOUND, "user")
+
+
+@bp.get("/admin/users/<user_id:str>")
+@openapi.summary("An account as admins see it: role, auth_uid, disabled, tokens_valid_after")
+@openapi.secured("bearer")
+@authenticated(Role.ADMIN)
+async def read_user(request: Request, user_id: str) -> HTTPResponse:
+    return json_response(admin_user_view(await accounts.load_user(_uid(user_id))))
+
+
+@bp.post("/admin/users/<user_id:str>/disable")
+@openapi.summary("Disable an account (admin)")
+@openapi.description(
+    "Its tokens are refused from now on (HTTP 403 `user_disabled`; WebSocket close 4403) and "
+    "its live sockets close at once with 4403. Idempotent. An admin cannot disable themselves "
+    "(409 `self_lockout`). Unknown id: 404 `not_found`."
+)
+@openapi.secured("bearer")
+@authenticated(Role.ADMIN)
+async def disable_user(request: Request, user_id: str) -> HTTPResponse:
+    services = request.app.ctx.services
+    user = await accounts.disable_user(services, request.ctx.user, _uid(user_id))
+    return json_response(admin_user_view(user))
+
+
+@bp.post("/admin/users/<user_id:str>/enable")
+@openapi.summary("Re-enable a disabled account (admin)")
+@openapi.description(
+    "Its unexpired, unrevoked tokens work again. Idempotent. Unknown id: 404 `not_found`."
+)
+@openapi.secured("bearer")
+@authenticated(Role.ADMIN)
+async def enable_user(request: Request, user_id: str) -> HTTPResponse:
+    user = await accounts.enable_user(request.ctx.user, _uid(user_id))
+    return json_response(admin_user_view(user))
+
+
+@bp.post("/admin/users/<user_id:str>/revoke-tokens")
+@openapi.summary("Revoke every token issued to an account so far (admin)")
+@openapi.description(
+    "Tokens issued up to now (including this very second) are refused with 401 "
+    "`token_revoked`, and sockets opened with them close with 4401; tokens issued later work. "
+    "Firebase mode compares the sign-in time (`auth_time`): the user signs in again. An admin "
+    "cannot revoke their own tokens (409 `self_lockout`). Unknown id: 404 `not_found`."
+)
+@openapi.secured("bearer")
+@authenticated(Role.ADMIN)
+async def revoke_tokens(request: Request, user_id: str) -> HTTPResponse:
+    services = request.app.ctx.services
+    user = await accounts.revoke_tokens(services, request.ctx.user, _uid(user_id))
+    return json_response(admin_user_view(user))

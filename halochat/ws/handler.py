@@ -12,9 +12,15 @@ from pydantic import ValidationError
 from pymongo.errors import DuplicateKeyError
 from sanic import Request, Websocket
 
-from halochat.auth import authenticate, bearer_token
+from halochat.auth import (
+    CLOSE_AUTH_FAILED,
+    Identity,
+    bearer_token,
+    recheck,
+    verify,
+    ws_close_code,
+)
 from halochat.constants import ClientFrame, ErrorCode, ServerFrame
-from halochat.documents import User
 from halochat.errors import ApiError, duplicate_key, validation_error
 from halochat.json_input import load_object
 from halochat.services import Services
@@ -25,7 +31,6 @@ from halochat.ws.registry import HANDLERS, AckThen
 log = logging.getLogger(__name__)
 
 AUTH_FRAME_TIMEOUT = 10.0
-CLOSE_AUTH_FAILED = 4401  # private-use close code: the app should refresh its token
 INBOX_SIZE = 256  # frames read but not yet handled, per connection
 
 _workers: set[asyncio.Task[None]] = set()
@@ -62,12 +67,12 @@ def _parse(services: Services, text: str | bytes) -> ClientEnvelope:
         raise FrameError(validation_error(exc), _readable_id(raw)) from exc
 
 
-async def _authenticate_socket(services: Services, request: Request, ws: Websocket) -> User:
+async def _authenticate_socket(services: Services, request: Request, ws: Websocket) -> Identity:
     """Token from the Authorization header, the `token` query parameter, or a first
     {"type": "auth", "data": {"token": ...}} frame for clients that cannot set headers."""
     token = bearer_token(request) or request.args.get("token")
     if token:
-        return await authenticate(services.settings, token)
+        return await verify(services.settings, token)
     try:
         first = await asyncio.wait_for(ws.recv(), AUTH_FRAME_TIMEOUT)
     except TimeoutError as exc:
@@ -77,7 +82,7 @@ async def _authenticate_socket(services: Services, request: Request, ws: Websock
     env = _parse(services, first)
     if env.type != ClientFrame.AUTH or not isinstance(env.data.get("token"), str):
         raise ApiError(401, ErrorCode.AUTH_REQUIRED, "first frame must be an auth frame")
-    return await authenticate(services.settings, env.data["token"])
+    return await verify(services.settings, env.data["token"])
 
 
 async def _dispatch(services: Services, conn: Connection, env: ClientEnvelope) -> None:
@@ -120,6 +125,10 @@ async def _dispatch(services: Services, conn: Connection, env: ClientEnvelope) -
     conn.send(ack_frame(env.id, result))
 
 
+def _token_expired() -> ApiError:
+    return ApiError(401, ErrorCode.TOKEN_EXPIRED, "token expired")
+
+
 def _too_many() -> ApiError:
     return ApiError(
         429, ErrorCode.RATE_LIMITED, "too many frames awaiting an answer; retry shortly"
@@ -135,6 +144,11 @@ async def _work(
         if not isinstance(item, ClientEnvelope):  # an error frame for an unreadable frame
             conn.send(item)
             continue
+        if conn.closed:  # closed by the server (auth ended): no frame runs after that
+            continue
+        if conn.token_expired():  # its 4401 close is due: nothing runs on an expired token
+            conn.send(error_frame(_token_expired(), item.id))
+            continue
         try:
             await _dispatch(services, conn, item)
         except DuplicateKeyError as exc:  # as over HTTP (halochat/errors.py)
@@ -144,23 +158,41 @@ async def _work(
             conn.send(error_frame(ApiError(500, ErrorCode.INTERNAL, "internal error"), item.id))
 
 
+async def _recheck(conn: Connection, identity: Identity) -> None:
+    """A disable or revoke that landed while this socket authenticated found no socket to
+    close: look once more now that it is registered."""
+    try:
+        await recheck(identity)
+    except ApiError as err:
+        await conn.close(ws_close_code(err), err.code.value, error_frame(err, None))
+    except Exception:  # best effort: the token was verified a moment ago
+        log.exception("re-checking the user of a new socket failed")
+
+
 async def websocket_endpoint(request: Request, ws: Websocket) -> None:
     services: Services = request.app.ctx.services
     try:
-        user = await _authenticate_socket(services, request, ws)
+        identity = await _authenticate_socket(services, request, ws)
     except ApiError as err:
         with contextlib.suppress(Exception):
             await ws.send(encode(error_frame(err, None)))
-            await ws.close(code=CLOSE_AUTH_FAILED, reason=err.code.value)
+            await ws.close(code=ws_close_code(err), reason=err.code.value)
         return
+    user = identity.user
     conn = Connection(
         ws=ws,
         user_id=user.id,
         role=user.role,
         display_name=user.display_name,
         device_id=request.args.get("device_id"),
+        expires_at=identity.expires_at,
+        token_issued_at=identity.issued_at,
     )
     services.hub.add(conn)
+    expired = _token_expired()
+    conn.close_at(
+        identity.expires_at, CLOSE_AUTH_FAILED, expired.code.value, error_frame(expired, None)
+    )
     conn.send(
         {
             "type": ServerFrame.READY.value,
@@ -179,6 +211,7 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
     _workers.add(worker)  # a strong reference until it ends (asyncio keeps only weak ones)
     worker.add_done_callback(_workers.discard)
     try:
+        await _recheck(conn, identity)
         async for text in ws:
             item: ClientEnvelope | dict[str, Any]
             try:

@@ -9,12 +9,14 @@ import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
 from beanie import PydanticObjectId
 
 from halochat.constants import AppState, Role
+from halochat.documents.common import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,12 @@ class Connection:
     # session id -> first message seq this device received live; a later hello replay
     # stops below it, so no message reaches a device twice (halochat/domain/messaging.py).
     live_from_seq: dict[PydanticObjectId, int] = field(default_factory=dict)
+    # The authenticating token's life: the socket closes at expires_at; an admin's token
+    # revocation closes sockets whose token was issued at or before it.
+    expires_at: datetime | None = None
+    token_issued_at: datetime | None = None
+    _close_timer: asyncio.TimerHandle | None = None
+    _closer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.writer = asyncio.create_task(self._drain(), name=f"ws-writer-{self.user_id}")
@@ -80,8 +88,34 @@ class Connection:
             return False
         return True
 
+    def token_expired(self) -> bool:
+        return self.expires_at is not None and utcnow() >= self.expires_at
+
+    async def close(self, code: int, reason: str, frame: dict[str, Any] | None = None) -> None:
+        """Server-side close after a last frame (flushed first, at most 1 s); the reader loop
+        then ends and the handler removes the connection from the hub."""
+        if self.closed:
+            return
+        if frame is not None:
+            self.send(frame)
+        await self.stop()
+        with contextlib.suppress(Exception):
+            await self.ws.close(code=code, reason=reason)
+
+    def close_at(self, when: datetime, code: int, reason: str, frame: dict[str, Any]) -> None:
+        """Closes at `when` (token expiry) even if the client sends nothing until then."""
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, (when - utcnow()).total_seconds())
+
+        def fire() -> None:
+            self._closer = loop.create_task(self.close(code, reason, frame))
+
+        self._close_timer = loop.call_later(delay, fire)
+
     async def stop(self) -> None:
         self.closed = True
+        if self._close_timer is not None:
+            self._close_timer.cancel()
         if self.writer is not None:
             with contextlib.suppress(asyncio.QueueFull):
                 self.queue.put_nowait(None)
@@ -120,6 +154,27 @@ class Hub:
             if conn.send(frame) and conn.app_state == AppState.FOREGROUND:
                 foreground += 1
         return foreground
+
+    async def close_user(
+        self,
+        user_id: PydanticObjectId,
+        code: int,
+        reason: str,
+        frame: dict[str, Any],
+        *,
+        issued_until: datetime | None = None,
+    ) -> int:
+        """Closes the user's live sockets (only those whose token was issued at or before
+        `issued_until`, when given) after `frame`; returns how many."""
+        conns = [
+            c
+            for c in self.connections(user_id)
+            if issued_until is None
+            or c.token_issued_at is None
+            or c.token_issued_at <= issued_until
+        ]
+        await asyncio.gather(*(c.close(code, reason, frame) for c in conns))
+        return len(conns)
 
     @property
     def socket_count(self) -> int:
