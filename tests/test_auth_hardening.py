@@ -3,9 +3,7 @@ sockets that end with their token or their account, admin disable / enable / rev
 access log without tokens. One server for the module, its access log on."""
 
 import asyncio
-import runpy
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 from bson import ObjectId
 
 from halochat.auth import issue_token
+from halochat.cli import seed
 from halochat.config import DEV_JWT_SECRET, MIN_JWT_SECRET_BYTES, Settings
 from halochat.launch import SERVE_COMMAND, child_env, free_port
 from halochat.settings_check import UnsafeSettings, check_settings
@@ -94,9 +93,8 @@ def test_the_seed_script_prints_no_forgeable_tokens(monkeypatch: pytest.MonkeyPa
     """It checks the secret as the server does (`make seed` sets HALOCHAT_DEV_MODE)."""
     for name in ("HALOCHAT_JWT_SECRET", "HALOCHAT_DEV_MODE", "HALOCHAT_AUTH_MODE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(sys, "argv", ["seed.py"])
     with pytest.raises(SystemExit) as exited:
-        runpy.run_path(str(REPO_ROOT / "scripts" / "seed.py"), run_name="__main__")
+        seed.main([])
     assert "development secret" in str(exited.value.code)
 
 

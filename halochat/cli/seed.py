@@ -11,6 +11,7 @@ Uses MONGODB_URI when set, else the embedded database under HALOCHAT_DATA_DIR (v
 
 import argparse
 import asyncio
+import sys
 
 from halochat.auth import issue_token
 from halochat.config import Settings
