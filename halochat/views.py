@@ -19,6 +19,11 @@ def user_view(user: User) -> dict[str, Any]:
     return view
 
 
+def admin_user_view(user: User) -> dict[str, Any]:
+    """What an admin sees of a user: the app view plus the sign-in id and the disabled flag."""
+    return {**user_view(user), "auth_uid": user.auth_uid, "disabled": user.disabled}
+
+
 def config_view(config: AppConfig) -> dict[str, Any]:
     return {
         **config.values().model_dump(mode="json"),
