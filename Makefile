@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# make run turns the playground on (docs/playground.md) and, on the embedded database, seeds
+# the demo users first: their tokens, the admin's included, are printed above the server log.
 run: $(STAMP)
-	$(PY) -m halochat serve
+	@if [ -z "$$MONGODB_URI" ]; then $(PY) scripts/seed.py; fi
+	HALOCHAT_PLAYGROUND=$${HALOCHAT_PLAYGROUND:-true} $(PY) -m halochat serve
 
 seed: $(STAMP)
 	$(PY) scripts/seed.py

@@ -1119,7 +1119,7 @@ class Page {
             "div.tl-body",
             {},
             h("div.tl-head", {}, h("span.tl-kind", {}, ev.kind.replaceAll("_", " ")), h("span.tl-title", {}, describe(ev))),
-            h("div.tl-meta", {}, `${new Date(ev.at).toLocaleTimeString([], { hour12: false })} · +${((Date.parse(ev.at) - first) / 1000).toFixed(1)} s · ${who}`),
+            h("div.tl-meta", {}, `${new Date(ev.at).toISOString().slice(11, 23)} UTC · +${((Date.parse(ev.at) - first) / 1000).toFixed(1)} s · ${who}`),
             h("code.tl-data", {}, JSON.stringify(ev.data || {})),
           ),
         );
