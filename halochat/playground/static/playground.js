@@ -6,6 +6,7 @@ const LOG_LIMIT = 400; // entries kept per frame log (older ones are dropped)
 const TYPING_REPEAT_MS = 3000; // docs/protocol.md: repeat `start` every few seconds
 const TYPING_IDLE_MS = 3000; // then `stop` when the user pauses
 const TYPING_HIDE_MS = 5000; // receivers hide the indicator after ~5 s without a `start`
+const RECEIPT_DELAY_MS = 40; // receipts for messages arriving together go out as one
 const OPEN_STATES = new Set(["PAIRING", "ACTIVE", "EXPIRED", "EXTENSION_PENDING", "CLOSING"]);
 const FINAL_STATES = new Set(["UNMATCHED", "CANCELLED", "COMPLETED"]);
 const STATE_LABELS = {
@@ -164,6 +165,8 @@ class Pane {
     this.outbox = new Map(); // client_msg_id -> {session_id, body, failed}
     this.notes = new Map(); // session id -> [{afterSeq, text, tone}]
     this.marks = new Map(); // session id -> receipts we sent {delivered, read}
+    for (const t of this.receiptTimers?.values() || []) clearTimeout(t);
+    this.receiptTimers = new Map(); // session id -> pending receipt timer
     this.requests = new Map(); // Mitra: session id -> chat.request data
     this.pairing = new Map(); // customer: session id -> pairing.status data
     this.warnings = new Map(); // session id -> ends_at the 1-minute warning was for
@@ -411,7 +414,7 @@ class Pane {
     if (s) s.last_seq = Math.max(s.last_seq || 0, message.seq);
     if (message.sender_role === this.other) {
       this.hideTyping();
-      this.sendReceipts(sid);
+      this.scheduleReceipts(sid);
     }
   }
 
@@ -455,6 +458,18 @@ class Pane {
   }
 
   // ------------------------------------------------------------ receipts, typing, app state
+
+  /** One receipt for a burst of messages (a hello's replay), not one per message. */
+  scheduleReceipts(sid) {
+    if (this.receiptTimers.has(sid)) return;
+    this.receiptTimers.set(
+      sid,
+      setTimeout(() => {
+        this.receiptTimers.delete(sid);
+        this.sendReceipts(sid);
+      }, RECEIPT_DELAY_MS),
+    );
+  }
 
   /** Watermark receipts: `read` while this app shows the chat, else `delivered`. */
   async sendReceipts(sid) {
@@ -599,6 +614,14 @@ class Pane {
     this.render();
   }
 
+  async accept(sid) {
+    const answer = await this.act(`/v1/sessions/${sid}/accept`);
+    if (answer) {
+      this.requests.delete(sid);
+      this.render();
+    }
+  }
+
   async startChat(choice) {
     const answer = await this.act("/v1/sessions", choice);
     if (answer) this.note(answer.session.id, `Requested ${answer.session.tier.label} · ${price(answer.session.tier)} · transaction ${answer.transaction.status}`);
@@ -688,6 +711,8 @@ class Pane {
   render() {
     const r = this.root;
     const s = this.sessions.get(this.currentId);
+    const list = $(r, ".messages");
+    const atEnd = list.scrollTop + list.clientHeight >= list.scrollHeight - 16;
     const bar = $(r, ".session-bar");
     bar.hidden = !s;
     if (s) {
@@ -707,6 +732,8 @@ class Pane {
     this.renderStage(s);
     this.renderMessages();
     this.renderDock(s);
+    // Keep the newest message in view when the list or the dock below it changes size.
+    if (atEnd) list.scrollTop = list.scrollHeight;
     this.tick();
     this.page.sessionsChanged();
   }
@@ -741,7 +768,7 @@ class Pane {
           "div.request",
           { dataset: { sessionId: q.session_id } },
           h("div", {}, h("b", {}, q.customer.name), " wants to chat", h("div.muted", {}, `${q.label} · ${q.minutes} min · `, h("span.deadline", { dataset: { deadline: q.pairing_deadline } }))),
-          h("button.primary.accept", { type: "button", onclick: () => this.act(`/v1/sessions/${q.session_id}/accept`).then((a) => a && this.requests.delete(q.session_id)) }, "Accept"),
+          h("button.primary.accept", { type: "button", onclick: () => this.accept(q.session_id) }, "Accept"),
         ),
       ),
     );
@@ -960,7 +987,13 @@ class Pane {
     }
     el.textContent = text;
     el.classList.toggle("warn", warn);
-    banner.hidden = !warn;
+    if (banner.hidden === warn) {
+      // The banner takes room from the message list: keep its newest message in view.
+      const list = $(this.root, ".messages");
+      const atEnd = list.scrollTop + list.clientHeight >= list.scrollHeight - 16;
+      banner.hidden = !warn;
+      if (atEnd) list.scrollTop = list.scrollHeight;
+    }
     if (warn) banner.textContent = `1 minute left · ${mmss(Date.parse(s.ends_at) - now)}`;
     for (const d of this.root.querySelectorAll(".deadline")) d.textContent = `expires in ${mmss(Date.parse(d.dataset.deadline) - now)}`;
   }
