@@ -320,6 +320,19 @@ async def test_admin_timeline_of_a_free_trial_session(
     await expect(customer.locator(".msg.mine[data-seq='1']")).to_have_attribute(
         "data-status", "read"
     )
+    # A reload is an app restart: the panes sign in again (token and users kept in the
+    # browser), `sync` names the open session, a second `hello` with 0 replays its messages.
+    await pg.page.reload()
+    await pg.online()
+    await pg.state("ACTIVE")
+    await expect(customer.locator(".msg.mine[data-seq='1']")).to_have_attribute(
+        "data-status", "read"
+    )
+    await expect(mitra.locator(".msg.theirs[data-seq='1']")).to_have_text(
+        re.compile(re.escape("Halo, boleh cerita?"))
+    )
+    for pane in (customer, mitra):
+        await expect(pane.locator(".log-entry[data-type='hello']")).to_have_count(2)
     await customer.locator(".composer .end").click()
     await pg.state("CLOSING")
     await customer.locator(".closure-input").fill("Makasih!")
