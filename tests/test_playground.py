@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Locator, Page, async_playwright, expect
@@ -197,6 +198,21 @@ async def playground(request: pytest.FixtureRequest, browser: Browser) -> AsyncI
         if request.session.testsfailed > failed_before:  # the call failed: where it stopped
             await pg.shot("failed", full_page=True)
         await context.close()
+
+
+def test_the_page_is_static_files_outside_the_api(pg_server: ServerProcess) -> None:
+    with httpx.Client(base_url=pg_server.base_url) as http:
+        moved = http.get("/playground")
+        assert moved.status_code == 302 and moved.headers["location"].endswith("/playground/")
+        page = http.get("/playground/")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert "halochat playground" in page.text
+        script = http.get("/playground/client.js")
+        assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+        for outside in ("/playground/../pyproject.toml", "/playground/%2e%2e/app.py"):
+            assert http.get(outside).status_code == 404, outside
+        paths = http.get("/docs/openapi.json").json()["paths"]
+    assert not [p for p in paths if "playground" in p]
 
 
 async def test_a_whole_session_from_tier_choice_to_history(
