@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# make run turns the playground on (docs/playground.md) and, on the embedded database, seeds
+# the demo users first: their tokens, the admin's included, are printed above the server log.
 run: $(STAMP)
-	HALOCHAT_DEV_MODE=1 $(HALOCHAT) serve
+	@if [ -z "$$MONGODB_URI" ]; then HALOCHAT_DEV_MODE=1 $(HALOCHAT) seed; fi
+	HALOCHAT_DEV_MODE=1 HALOCHAT_PLAYGROUND=$${HALOCHAT_PLAYGROUND:-true} $(HALOCHAT) serve
 
 seed: $(STAMP)
 	HALOCHAT_DEV_MODE=1 $(HALOCHAT) seed

@@ -14,6 +14,7 @@ from halochat.domain import recovery
 from halochat.domain.app_config import ensure_config
 from halochat.errors import install_error_handler
 from halochat.jobs.timers import Timers
+from halochat.playground import playground_blueprint
 from halochat.push import PushService
 from halochat.routes import ROUTE_BLUEPRINTS
 from halochat.services import Services
@@ -55,6 +56,11 @@ def create_app(settings: Settings | None = None) -> Sanic:
     ws_bp.add_websocket_route(websocket_endpoint, "/ws")
     app.blueprint(ws_bp)
     openapi.exclude(bp=ws_bp)
+    if settings.playground:
+        # Static files for developers (docs/playground.md), not part of the API.
+        playground_bp = playground_blueprint()
+        app.blueprint(playground_bp)
+        openapi.exclude(bp=playground_bp)
 
     @app.before_server_start
     async def start_services(app: Sanic) -> None:

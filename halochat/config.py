@@ -65,3 +65,7 @@ class Settings(BaseSettings):
 
     # Seed the default app_config on start when none exists (make run does).
     seed_on_start: bool = True
+
+    # The browser playground at /playground (docs/playground.md): off unless asked for
+    # (make run turns it on); when off, /playground is a 404.
+    playground: bool = False

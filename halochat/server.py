@@ -85,6 +85,12 @@ def serve(settings: Settings | None = None) -> None:
     with database_uri(settings) as resolved:
         app = create_app(resolved)
         log.info("serving on http://%s:%s (OpenAPI at /docs)", resolved.host, resolved.port)
+        if resolved.playground:
+            log.info(
+                "playground at http://%s:%s/playground (paste the admin token the seed printed)",
+                resolved.host,
+                resolved.port,
+            )
         # One process: the WebSocket hub and timers are in-process state (docs/operations.md).
         app.run(
             host=resolved.host,

@@ -197,6 +197,104 @@ async def test_admin_creates_users_with_tokens(server: ServerProcess, admin: Act
     assert me.json()["role"] == "mitra"
 
 
+async def test_admin_lists_users_by_role_in_pages(server: ServerProcess, admin: Actor) -> None:
+    made = [server.create_user("customer", f"Pager {i}") for i in range(3)]
+    mitra = server.create_user("mitra", "Bestie Pager", available=True)
+    server.db["users"].update_one({"_id": ObjectId(made[1].id)}, {"$set": {"auth_uid": "pg-1"}})
+    async with api(server.base_url, admin) as http:
+        seen: list[dict] = []
+        after = None
+        while True:
+            params = {"role": "customer", "limit": 2} | ({"after": after} if after else {})
+            page = await http.get("/v1/admin/users", params=params)
+            assert page.status_code == 200, page.text
+            body = page.json()
+            assert set(body) == {"users", "next_after"} and len(body["users"]) <= 2
+            seen += body["users"]
+            after = body["next_after"]
+            if after is None:
+                break
+            assert after == body["users"][-1]["id"]
+        ids = [u["id"] for u in seen]
+        assert len(ids) == len(set(ids)), "a page repeated a user"
+        assert ids == sorted(ids), "users come in creation (id) order"
+        assert {u["role"] for u in seen} == {"customer"}
+        mine = [u for u in seen if u["id"] in {m.id for m in made}]
+        assert [u["display_name"] for u in mine] == ["Pager 0", "Pager 1", "Pager 2"]
+        assert mine[1]["auth_uid"] == "pg-1" and mine[0]["auth_uid"] is None
+        assert all(u["disabled"] is False and "created_at" in u for u in mine)
+        every = (await http.get("/v1/admin/users", params={"limit": 200})).json()["users"]
+        assert {mitra.id, admin.id, made[0].id} <= {u["id"] for u in every}
+        mitras = (await http.get("/v1/admin/users", params={"role": "mitra"})).json()["users"]
+        assert mitra.id in {u["id"] for u in mitras} and {u["role"] for u in mitras} == {"mitra"}
+        assert next(u for u in mitras if u["id"] == mitra.id)["available"] is True
+        for bad in (
+            {"limit": 0},
+            {"limit": 201},
+            {"limit": "x"},
+            {"role": "boss"},
+            {"after": "not-an-id"},
+            {"sort": "name"},
+        ):
+            err = assert_error(
+                await http.get("/v1/admin/users", params=bad), 422, "validation_error"
+            )
+            assert err["details"]["fields"], bad
+    async with api(server.base_url, made[0]) as http:
+        assert_error(await http.get("/v1/admin/users"), 403, "wrong_role")
+    async with api(server.base_url) as http:
+        assert_error(await http.get("/v1/admin/users"), 401, "auth_required")
+
+
+async def test_admin_issues_a_token_for_an_existing_user(
+    server: ServerProcess, admin: Actor
+) -> None:
+    customer = server.create_user("customer", "Token Taker")
+    gone = server.create_user("mitra", "Bestie Gone")
+    server.db["users"].update_one({"_id": ObjectId(gone.id)}, {"$set": {"disabled": True}})
+    users_before = server.db["users"].count_documents({})
+    async with api(server.base_url, admin) as http:
+        issued = await http.post(f"/v1/admin/users/{customer.id}/token")
+        assert issued.status_code == 200, issued.text
+        body = issued.json()
+        assert body["user"]["id"] == customer.id and body["user"]["role"] == "customer"
+        assert_error(await http.post(f"/v1/admin/users/{ObjectId()}/token"), 404, "not_found")
+        assert_error(await http.post("/v1/admin/users/nope/token"), 404, "not_found")
+        err = assert_error(await http.post(f"/v1/admin/users/{gone.id}/token"), 409, "conflict")
+        assert err["details"] == {"disabled": True}
+        assert_error(
+            await http.get(f"/v1/admin/users/{customer.id}/token"), 405, "method_not_allowed"
+        )
+    async with api(server.base_url) as http:
+        headers = {"Authorization": f"Bearer {body['token']}"}
+        me = await http.get("/v1/me", headers=headers)
+        assert me.status_code == 200 and me.json()["id"] == customer.id
+    async with api(server.base_url, customer) as http:
+        assert_error(await http.post(f"/v1/admin/users/{customer.id}/token"), 403, "wrong_role")
+    assert server.db["users"].count_documents({}) == users_before
+
+
+async def test_no_tokens_from_halochat_in_firebase_mode() -> None:
+    from halochat.config import Settings
+    from halochat.constants import AuthMode
+    from halochat.domain.users import token_for
+    from halochat.errors import ApiError
+
+    with pytest.raises(ApiError) as caught:
+        await token_for(Settings(auth_mode=AuthMode.FIREBASE), ObjectId())
+    assert caught.value.status == 409 and caught.value.details == {"auth_mode": "firebase"}
+
+
+async def test_playground_is_off_by_default(server: ServerProcess) -> None:
+    async with api(server.base_url) as http:
+        for path in ("/playground", "/playground/", "/playground/index.html"):
+            assert_error(await http.get(path), 404, "not_found")
+        spec = (await http.get("/docs/openapi.json")).json()
+    assert "/v1/admin/users" in spec["paths"]
+    assert "/v1/admin/users/{user_id}/token" in spec["paths"]
+    assert not [p for p in spec["paths"] if p.startswith("/playground")]
+
+
 async def test_devices_register_list_delete(server: ServerProcess) -> None:
     user = server.create_user("customer", "Ayu")
     other = server.create_user("customer", "Budi")

@@ -8,8 +8,9 @@ from halochat.auth import authenticated, issue_token
 from halochat.constants import AuthMode, ErrorCode, Role
 from halochat.documents import User
 from halochat.domain import accounts
+from halochat.domain.users import USERS_DEFAULT_LIMIT, USERS_MAX_LIMIT, list_users, token_for
 from halochat.inputs import Line
-from halochat.routes.common import json_response, object_id, parse_body
+from halochat.routes.common import json_response, object_id, parse_body, parse_query
 from halochat.routes.openapi_docs import json_body
 from halochat.views import admin_user_view, user_view
 
@@ -101,3 +102,38 @@ async def revoke_tokens(request: Request, user_id: str) -> HTTPResponse:
     services = request.app.ctx.services
     user = await accounts.revoke_tokens(services, request.ctx.user, _uid(user_id))
     return json_response(admin_user_view(user))
+class UsersQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role | None = None
+    limit: int = Field(default=USERS_DEFAULT_LIMIT, ge=1, le=USERS_MAX_LIMIT)
+    after: str | None = Field(default=None, pattern=r"^[0-9a-f]{24}$")
+
+
+@bp.get("/admin/users")
+@openapi.summary("List users in creation order (admin), keyset-paginated")
+@openapi.parameter("role", str, description="customer | mitra | admin (default: every role)")
+@openapi.parameter("limit", int, description=f"1..{USERS_MAX_LIMIT}, default {USERS_DEFAULT_LIMIT}")
+@openapi.parameter("after", str, description="next_after of the previous page (a user id)")
+@openapi.secured("bearer")
+@authenticated(Role.ADMIN)
+async def users_list(request: Request) -> HTTPResponse:
+    query = parse_query(request, UsersQuery)
+    after = PydanticObjectId(query.after) if query.after else None
+    users, next_after = await list_users(query.role, query.limit, after)
+    return json_response(
+        {
+            "users": [admin_user_view(u) for u in users],
+            "next_after": str(next_after) if next_after else None,
+        }
+    )
+
+
+@bp.post("/admin/users/<user_id:str>/token")
+@openapi.summary("Issue a bearer token for a user (admin, local auth mode only; dev tools)")
+@openapi.secured("bearer")
+@authenticated(Role.ADMIN)
+async def user_token(request: Request, user_id: str) -> HTTPResponse:
+    settings = request.app.ctx.services.settings
+    user, token = await token_for(settings, object_id(user_id, what="user"))
+    return json_response({"user": user_view(user), "token": token})
