@@ -6,6 +6,7 @@ from sanic import Blueprint, Sanic
 from sanic_ext import Extend, openapi
 
 import halochat.ws.frames  # noqa: F401  (registers the frame handlers)
+from halochat.cluster.membership import Membership
 from halochat.config import Settings
 from halochat.db.connect import init_db, make_client
 from halochat.domain import recovery
@@ -56,6 +57,9 @@ def create_app(settings: Settings | None = None) -> Sanic:
     async def start_services(app: Sanic) -> None:
         client = make_client(settings.mongodb_uri)
         await init_db(client, settings.db_name)
+        # First: alone on this database (or refuse, StartRefused) before any other write.
+        app.ctx.membership = Membership(settings, on_lost=app.stop)
+        await app.ctx.membership.join()
         if settings.seed_on_start:
             _, created = await ensure_config(settings)
             if created:
@@ -79,6 +83,7 @@ def create_app(settings: Settings | None = None) -> Sanic:
         await services.message_writer.aclose()
         await services.push.drain()
         await services.push.aclose()
+        await app.ctx.membership.leave()  # last write: the next process may start now
         await services.client.close()
 
     return app

@@ -2,9 +2,11 @@
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 
 from halochat.app import create_app
+from halochat.cluster.membership import ExitCode, StartRefused
 from halochat.config import Settings
 
 log = logging.getLogger("halochat")
@@ -36,6 +38,12 @@ def _configure_logging() -> None:
         logger.setLevel(logging.INFO)
         logger.addHandler(handler)
         logger.propagate = False
+    # A refusal to start is explained by one log line, not by Sanic's traceback of it.
+    logging.getLogger("sanic.error").addFilter(_not_a_refusal)
+
+
+def _not_a_refusal(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], StartRefused))
 
 
 def serve(settings: Settings | None = None) -> None:
@@ -44,11 +52,18 @@ def serve(settings: Settings | None = None) -> None:
     with database_uri(settings) as resolved:
         app = create_app(resolved)
         log.info("serving on http://%s:%s (OpenAPI at /docs)", resolved.host, resolved.port)
-        # One process: the WebSocket hub and timers are in-process state (docs/operations.md).
-        app.run(
-            host=resolved.host,
-            port=resolved.port,
-            single_process=True,
-            access_log=resolved.access_log,
-            motd=False,
-        )
+        # One process: the WebSocket hub and timers are in-process state, and a lease in the
+        # database keeps any other process off it (docs/scaling.md).
+        try:
+            app.run(
+                host=resolved.host,
+                port=resolved.port,
+                single_process=True,
+                access_log=resolved.access_log,
+                motd=False,
+            )
+        except StartRefused as refused:
+            log.critical("%s", refused)
+            sys.exit(refused.exit_code)
+        if app.ctx.membership.lost:
+            sys.exit(ExitCode.LEASE_LOST)
