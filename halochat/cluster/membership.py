@@ -14,8 +14,9 @@ sessions silently. At start-up a process therefore:
   its heartbeat stops advancing while we watch (it expires after the TTL; taken over then).
 
 A clean stop deletes the lease at once. A heartbeat that fails (database unreachable) is
-retried; a heartbeat that finds the lease held by another process (possible only after the
-TTL passed without one) stops this process with exit status LEASE_LOST.
+retried; a heartbeat that finds the lease no longer its own (taken over, possible only after
+the TTL passed without one, or released again since: gone) stops this process with exit
+status LEASE_LOST, since another process may have served the database meanwhile.
 
 Cluster mode is the seam of issue 13: it claims the lease for the cluster (any number of
 cluster members, no single-mode process), but refuses to start until the bus exists.
@@ -156,7 +157,8 @@ class Membership:
         return True
 
     async def _renew(self) -> bool:
-        """The heartbeat: False when the lease is no longer ours."""
+        """The heartbeat: False when the lease is no longer ours. Never a re-claim: a lease
+        that is gone may have been taken and released by another process meanwhile."""
         mine: dict[str, Any] = (
             {"holder": self.id}
             if self.mode is ProcessMode.SINGLE
