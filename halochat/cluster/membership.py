@@ -213,8 +213,8 @@ class Membership:
             if watched is None:
                 watched = seen
                 log.warning(
-                    "the database lease is held by %s; waiting up to %.0f s for its "
-                    "heartbeat to expire (it refuses to start if the heartbeat advances)",
+                    "the database lease is held by %s; waiting up to %g s for its "
+                    "heartbeat to expire (refusing to start if the heartbeat advances)",
                     describe(lease),
                     ttl,
                 )
@@ -246,14 +246,16 @@ class Membership:
             if not held:
                 break
         self.lost = True
-        lease = await DatabaseLease.get_pymongo_collection().find_one({"_id": LEASE_ID})
+        lease = None
+        with contextlib.suppress(Exception):  # only for the message: stop regardless
+            lease = await DatabaseLease.get_pymongo_collection().find_one({"_id": LEASE_ID})
         log.critical(
             "LOST THE DATABASE LEASE of %r: it is now held by %s. This process missed its "
             "heartbeats for longer than %g s (paused, or cut off from the database) and "
             "another process took over; two single-mode processes must never serve one "
             "database, so this one stops now (exit status %d).",
             self.settings.db_name,
-            describe(lease) if lease else "nobody",
+            describe(lease) if lease else "nobody (gone: taken and released again?)",
             self.settings.lease_ttl_seconds,
             ExitCode.LEASE_LOST,
         )
