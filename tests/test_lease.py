@@ -120,9 +120,10 @@ async def fresh_db(mongodb_uri: str) -> AsyncIterator[tuple[Settings, Any]]:
 
 
 async def test_the_claim_is_atomic(fresh_db: tuple[Settings, Any]) -> None:
-    """Many claims at the same instant on one database (the start-up's one conditional
-    upsert, without the process around it): exactly one holds the lease. A cluster-mode claim
-    (the seam of issue 13) does not join a database a single process holds."""
+    """Many claims at the same instant on one database (the start-up's claim without the
+    process around it), on no lease and on a stale one: exactly one holds the lease. A
+    cluster-mode claim (the seam of issue 13) does not join a database a single process
+    holds."""
     settings, db = fresh_db
     members = [Membership(settings, on_lost=lambda: None) for _ in range(8)]
     won = await asyncio.gather(*(m._claim() for m in members))
@@ -132,6 +133,14 @@ async def test_the_claim_is_atomic(fresh_db: tuple[Settings, Any]) -> None:
     cluster = Membership(settings.model_copy(update={"nats_url": "nats://x"}), lambda: None)
     assert cluster.mode is ProcessMode.CLUSTER and await cluster._claim() is False
     assert (await db["leases"].find_one({"_id": LEASE_ID}))["holder"] == holder.id
+
+    # The holder stops heartbeating: after the 1 s TTL the others race for the stale lease,
+    # one takes it, and the old holder's next heartbeat finds it gone.
+    await asyncio.sleep(1.2)
+    others = [m for m in members if m is not holder]
+    won = await asyncio.gather(*(m._claim() for m in others))
+    assert sum(won) == 1, won
+    assert await holder._renew() is False
     with pytest.raises(StartRefused, match=r"cluster mode .* is not implemented yet"):
         await cluster.join()
 

@@ -6,12 +6,12 @@ sessions silently. At start-up a process therefore:
 
 - registers a `processes` document (ProcessMember) and renews its heartbeat_at every
   `lease_heartbeat_seconds`;
-- in single mode (HALOCHAT_NATS_URL unset) claims the `leases` document with ONE conditional
-  upsert that matches only when the lease is its own or its heartbeat is older than
-  `lease_ttl_seconds` (by the database's clock). Two processes starting together: one upsert
-  inserts, the other hits the unique _id and loses. The loser refuses to start, naming the
-  holder, unless the holder is on this machine and its pid is dead (taken over at once) or
-  its heartbeat stops advancing while we watch (it expires after the TTL; taken over then).
+- in single mode (HALOCHAT_NATS_URL unset) claims the `leases` document atomically: it
+  succeeds only when there is no lease, or it is its own, or its heartbeat is older than
+  `lease_ttl_seconds` (by the database's clock); two processes starting together: exactly
+  one wins (Membership._claim). The loser refuses to start, naming the holder, unless the
+  holder is on this machine and its pid is dead (taken over at once) or its heartbeat stops
+  advancing while we watch (it expires after the TTL; taken over then).
 
 A clean stop deletes the lease at once. A heartbeat that fails (database unreachable) is
 retried; a heartbeat that finds the lease no longer its own (taken over, possible only after
@@ -135,26 +135,37 @@ class Membership:
         )
 
     async def _claim(self) -> bool:
-        """One conditional upsert: True when this process now holds the lease."""
-        ttl = self.settings.lease_ttl_seconds
-        if self.mode is ProcessMode.SINGLE:
-            match: list[dict[str, Any]] = [{"holder": self.id}, _stale(ttl)]
-            holder: str | None = self.id
-        else:  # a cluster shares the lease among its members, never with a single process
-            match, holder = [{"mode": ProcessMode.CLUSTER.value}, _stale(ttl)], None
-        update = {
-            **self._fields(),
-            "mode": self.mode.value,
-            "holder": {"$literal": holder},
-            "heartbeat_at": "$$NOW",
-        }
+        """True when this process now holds the lease. Atomic: an upsert that matches only
+        our own lease (or, in cluster mode, a cluster's) and inserts when there is none, so
+        of two processes finding none, one inserts and the other hits the unique _id; else a
+        compare-and-set on a lease whose heartbeat is older than the TTL. (MongoDB refuses
+        `$expr` in an upsert's filter, so staleness is read first, then the exact lease
+        seen replaced: two processes taking the same stale lease, one matches.)"""
+        leases = DatabaseLease.get_pymongo_collection()
+        single = self.mode is ProcessMode.SINGLE
+        update = [
+            {
+                "$set": {
+                    **self._fields(),
+                    "mode": self.mode.value,
+                    # A cluster shares the lease among its members, never with a single process.
+                    "holder": {"$literal": self.id if single else None},
+                    "heartbeat_at": "$$NOW",
+                }
+            }
+        ]
+        ours = {"holder": self.id} if single else {"mode": ProcessMode.CLUSTER.value}
         try:
-            await DatabaseLease.get_pymongo_collection().update_one(
-                {"_id": LEASE_ID, "$or": match}, [{"$set": update}], upsert=True
-            )
-        except DuplicateKeyError:  # the lease exists and is someone else's, alive
+            await leases.update_one({"_id": LEASE_ID, **ours}, update, upsert=True)
+            return True
+        except DuplicateKeyError:  # the lease is someone else's
+            pass
+        stale = await leases.find_one({"_id": LEASE_ID, **_stale(self.settings.lease_ttl_seconds)})
+        if stale is None:  # alive
             return False
-        return True
+        seen = {"holder": stale.get("holder"), "heartbeat_at": stale["heartbeat_at"]}
+        taken = await leases.update_one({"_id": LEASE_ID, **seen}, update)
+        return taken.matched_count == 1
 
     async def _renew(self) -> bool:
         """The heartbeat: False when the lease is no longer ours. Never a re-claim: a lease
