@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from halochat.cluster.membership import ExitCode, Membership, StartRefused
 from halochat.config import Settings
@@ -143,6 +144,11 @@ async def test_the_claim_is_atomic(fresh_db: tuple[Settings, Any]) -> None:
     assert await holder._renew() is False
     with pytest.raises(StartRefused, match=r"cluster mode .* is not implemented yet"):
         await cluster.join()
+
+
+def test_a_ttl_shorter_than_two_heartbeats_is_refused() -> None:
+    with pytest.raises(ValidationError, match="HALOCHAT_LEASE_TTL_SECONDS must be >= 2 x"):
+        Settings(lease_heartbeat_seconds=5, lease_ttl_seconds=9)
 
 
 async def hold_elsewhere(db: Any, heartbeat_ms: int = 0) -> None:
