@@ -7,6 +7,7 @@ from sanic_ext import Extend, openapi
 
 import halochat.ws.frames  # noqa: F401  (registers the frame handlers)
 from halochat.auth import firebase_auth_app
+from halochat.cluster.membership import Membership
 from halochat.config import Settings
 from halochat.constants import AuthMode
 from halochat.db.connect import init_db, make_client
@@ -68,6 +69,9 @@ def create_app(settings: Settings | None = None) -> Sanic:
             firebase_auth_app(settings)  # made once, before the first token arrives
         client = make_client(settings.mongodb_uri)
         await init_db(client, settings.db_name)
+        # First: alone on this database (or refuse, StartRefused) before any other write.
+        app.ctx.membership = Membership(settings, on_lost=app.stop)
+        await app.ctx.membership.join()
         if settings.seed_on_start:
             _, created = await ensure_config(settings)
             if created:
@@ -91,6 +95,7 @@ def create_app(settings: Settings | None = None) -> Sanic:
         await services.message_writer.aclose()
         await services.push.drain()
         await services.push.aclose()
+        await app.ctx.membership.leave()  # last write: the next process may start now
         await services.client.close()
 
     return app

@@ -5,7 +5,7 @@ Every timing of the product lives here so tests can shrink minutes to seconds.
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from halochat.constants import AuthMode
@@ -69,3 +69,15 @@ class Settings(BaseSettings):
     # The browser playground at /playground (docs/playground.md): off unless asked for
     # (make run turns it on); when off, /playground is a 404.
     playground: bool = False
+    # More than one process (docs/scaling.md). Unset = one process per database, enforced by
+    # a lease in the database. Set = cluster mode, which refuses to start until issue 13.
+    nats_url: str | None = None
+    lease_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    lease_ttl_seconds: float = Field(default=15.0, gt=0)
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> "Settings":
+        # A live process must renew its lease at least twice within the TTL.
+        if self.lease_ttl_seconds < 2 * self.lease_heartbeat_seconds:
+            raise ValueError("HALOCHAT_LEASE_TTL_SECONDS must be >= 2 x the heartbeat")
+        return self

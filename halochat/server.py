@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from urllib.parse import unquote_plus
 
 from halochat.app import create_app
+from halochat.cluster.membership import ExitCode, StartRefused
 from halochat.config import Settings
 from halochat.settings_check import UnsafeSettings, check_settings
 
@@ -71,6 +72,12 @@ def _configure_logging() -> None:
         logger.addHandler(handler)
         logger.propagate = False
     logging.getLogger("sanic.access").addFilter(RedactTokens())
+    # A refusal to start is explained by one log line, not by Sanic's traceback of it.
+    logging.getLogger("sanic.error").addFilter(_not_a_refusal)
+
+
+def _not_a_refusal(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], StartRefused))
 
 
 def serve(settings: Settings | None = None) -> None:
@@ -91,11 +98,18 @@ def serve(settings: Settings | None = None) -> None:
                 resolved.host,
                 resolved.port,
             )
-        # One process: the WebSocket hub and timers are in-process state (docs/operations.md).
-        app.run(
-            host=resolved.host,
-            port=resolved.port,
-            single_process=True,
-            access_log=resolved.access_log,
-            motd=False,
-        )
+        # One process: the WebSocket hub and timers are in-process state, and a lease in the
+        # database keeps any other process off it (docs/scaling.md).
+        try:
+            app.run(
+                host=resolved.host,
+                port=resolved.port,
+                single_process=True,
+                access_log=resolved.access_log,
+                motd=False,
+            )
+        except StartRefused as refused:
+            log.critical("%s", refused)
+            sys.exit(refused.exit_code)
+        if app.ctx.membership.lost:
+            sys.exit(ExitCode.LEASE_LOST)

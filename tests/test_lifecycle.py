@@ -4,6 +4,7 @@ two server processes at once. Real servers, real WebSocket clients, the fake FCM
 one tier "minute" is 2 s, the warning comes 1 s before the end, the grace period is 3 s."""
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -462,28 +463,70 @@ async def test_jobs_fired_twice_and_late_change_once(
     assert doc["warned_for"] is not None
 
 
-async def test_two_processes_racing_the_same_timers(server_factory: Any) -> None:
-    """Two server processes on one database both hold the session's timers (the second got
-    them from its start-up recovery); each party is told each thing exactly once."""
-    # Slow enough that the second server is up before the session completes (+5 s expiry,
-    # +13 s completion) even on a loaded machine.
-    env = {**TIMINGS, "HALOCHAT_MINUTE_SECONDS": "5", "HALOCHAT_GRACE_SECONDS": "8"}
+async def test_a_paused_process_replaced_then_resumed_tells_nobody_twice(
+    server_factory: Any, fake_fcm: FakeFcm
+) -> None:
+    """Two server processes hold one session's timers only when the first was paused (a VM
+    stall; SIGSTOP here) past its lease TTL and a second took the database over, recovering
+    the session and arming the same timers (docs/scaling.md). Resumed once the session has
+    expired, with its own timers overdue, the first races the second's transitions until
+    its heartbeat finds the lease gone and stops it (exit status 4). Each party is told each
+    thing exactly once: by a frame on one of its sockets, or by a push when it had none
+    live (the second may start before or after the session expires)."""
+    lease = {"HALOCHAT_LEASE_HEARTBEAT_SECONDS": "0.5", "HALOCHAT_LEASE_TTL_SECONDS": "2"}
+    env = {**TIMINGS, "HALOCHAT_MINUTE_SECONDS": "6", **lease}
     first = server_factory(env=env)
     second = server_factory(env=env, start=False)
     second.db_name = first.db_name
     customer, mitra = make_pair(first, "race2")
+    tokens = [f"race2-{actor.id}" for actor in (customer, mitra)]
+    for actor, token in zip((customer, mitra), tokens, strict=True):
+        await register_device(first, actor, token)
     async with sockets(first.ws_url, customer, mitra) as on_first:
         session = await open_active_session(first, customer, mitra, tier_id=ONE_MINUTE)
         sid = session["id"]
-        await asyncio.to_thread(second.start)
-        assert "recovered 1 open session" in second.log_path.read_text()  # timers armed
-        async with sockets(second.ws_url, customer, mitra) as on_second:
-            all_ws = on_first + on_second
+        first.proc.send_signal(signal.SIGSTOP)
+        try:
+            async with asyncio.timeout(30):
+                while not lease_expired(first, ttl_ms=2000):  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+            await asyncio.to_thread(second.start)
+            assert "recovered 1 open session" in second.log_path.read_text()  # timers armed
+            async with sockets(second.ws_url, customer, mitra) as on_second:
+                async with asyncio.timeout(30):
+                    while stored(first, sid)["state"] == "ACTIVE":  # noqa: ASYNC110
+                        await asyncio.sleep(0.1)
+                first.proc.send_signal(signal.SIGCONT)  # its expiry timer is overdue now
+                code = await asyncio.to_thread(first.proc.wait, 30)
+                assert code == 4, first.log_tail()
+                assert "LOST THE DATABASE LEASE" in first.log_path.read_text()
+                async with asyncio.timeout(30):
+                    while stored(first, sid)["state"] != "COMPLETED":  # noqa: ASYNC110
+                        await asyncio.sleep(0.1)
+                await asyncio.sleep(1.0)  # a duplicate would arrive right along
+        finally:
+            first.proc.send_signal(signal.SIGCONT)
 
-            counts = {}
-            for type_ in ("session.one_minute_left", "session.expired", "session.completed"):
-                counts[type_] = await count_frames(all_ws, type_, sid)
-            assert stored(first, sid)["state"] == "COMPLETED"
-    for type_, per_socket in counts.items():
-        assert per_socket[0] + per_socket[2] == 1, (type_, per_socket)  # customer
-        assert per_socket[1] + per_socket[3] == 1, (type_, per_socket)  # mitra
+    def told(party: int, frame: str, push: str) -> int:
+        frames = sum(
+            1
+            for ws in (on_first[party], on_second[party])
+            for f in ws.pending(frame)
+            if f["data"]["session_id"] == sid
+        )
+        pushes = fake_fcm.sent_to(tokens[party])
+        return frames + sum(
+            1 for m in pushes if m["data"].get("type") == push and m["data"]["session_id"] == sid
+        )
+
+    for frame, push in (
+        ("session.expired", "session_expired"),
+        ("session.completed", "session_ended"),
+    ):
+        counts = [told(party, frame, push) for party in (0, 1)]  # customer, Mitra
+        assert counts == [1, 1], (frame, counts)
+
+
+def lease_expired(server: ServerProcess, ttl_ms: int) -> bool:
+    stale = {"$lt": ["$heartbeat_at", {"$subtract": ["$$NOW", ttl_ms]}]}
+    return server.db["leases"].count_documents({"$expr": stale}) == 1

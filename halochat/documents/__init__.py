@@ -3,11 +3,13 @@
 from halochat.documents.app_config import AppConfig, ConfigValues, Tier
 from halochat.documents.device import Device
 from halochat.documents.message import Message
+from halochat.documents.process import DatabaseLease, ProcessMember
 from halochat.documents.session import ChatSession, Closure, ExtensionRequest, TierSnapshot
 from halochat.documents.transaction import Transaction
 from halochat.documents.user import User
 
 ALL_DOCUMENTS: list[type] = [User, Device, AppConfig, Transaction, ChatSession, Message]
+ALL_DOCUMENTS += [ProcessMember, DatabaseLease]  # docs/scaling.md
 
 __all__ = [
     "ALL_DOCUMENTS",
@@ -15,9 +17,11 @@ __all__ = [
     "ChatSession",
     "Closure",
     "ConfigValues",
+    "DatabaseLease",
     "Device",
     "ExtensionRequest",
     "Message",
+    "ProcessMember",
     "Tier",
     "TierSnapshot",
     "Transaction",
