@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from halochat.constants import AuthMode
+from halochat.constants import AuthMode, LogFormat
 
 
 class Settings(BaseSettings):
@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024
     ws_max_frame_bytes: int = 64 * 1024
     access_log: bool = False
+    log_format: LogFormat = LogFormat.TEXT  # json: one object per line (docs/operations.md)
 
     # Auth
     auth_mode: AuthMode = AuthMode.LOCAL

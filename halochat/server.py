@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from halochat.app import create_app
 from halochat.config import Settings
+from halochat.observability import logs
 
 log = logging.getLogger("halochat")
 
@@ -27,22 +28,12 @@ def database_uri(settings: Settings) -> Iterator[Settings]:
         db.stop()
 
 
-def _configure_logging() -> None:
-    """Our loggers and the scheduler's; Sanic configures its own (no duplicate lines)."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("halochat", "apscheduler"):
-        logger = logging.getLogger(name)
-        logger.setLevel(logging.INFO)
-        logger.addHandler(handler)
-        logger.propagate = False
-
-
 def serve(settings: Settings | None = None) -> None:
     settings = settings or Settings()
-    _configure_logging()
+    logs.configure(settings.log_format)
     with database_uri(settings) as resolved:
         app = create_app(resolved)
+        logs.configure(settings.log_format)  # again: the Sanic app installed its loggers
         log.info("serving on http://%s:%s (OpenAPI at /docs)", resolved.host, resolved.port)
         # One process: the WebSocket hub and timers are in-process state (docs/operations.md).
         app.run(

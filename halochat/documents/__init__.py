@@ -4,10 +4,12 @@ from halochat.documents.app_config import AppConfig, ConfigValues, Tier
 from halochat.documents.device import Device
 from halochat.documents.message import Message
 from halochat.documents.session import ChatSession, Closure, ExtensionRequest, TierSnapshot
+from halochat.documents.timeline import EventActor, TimelineEvent
 from halochat.documents.transaction import Transaction
 from halochat.documents.user import User
 
 ALL_DOCUMENTS: list[type] = [User, Device, AppConfig, Transaction, ChatSession, Message]
+ALL_DOCUMENTS.append(TimelineEvent)  # support's session timeline (halochat/observability)
 
 __all__ = [
     "ALL_DOCUMENTS",
@@ -16,10 +18,12 @@ __all__ = [
     "Closure",
     "ConfigValues",
     "Device",
+    "EventActor",
     "ExtensionRequest",
     "Message",
     "Tier",
     "TierSnapshot",
+    "TimelineEvent",
     "Transaction",
     "User",
 ]

@@ -6,6 +6,7 @@ Bad input gets an error frame and the connection stays open; only auth failures 
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,6 +18,7 @@ from halochat.constants import ClientFrame, ErrorCode, ServerFrame
 from halochat.documents import User
 from halochat.errors import ApiError, duplicate_key, validation_error
 from halochat.json_input import load_object
+from halochat.observability import logs, metrics
 from halochat.services import Services
 from halochat.ws.hub import Connection, encode
 from halochat.ws.protocol import AppStateIn, ClientEnvelope
@@ -32,6 +34,7 @@ _workers: set[asyncio.Task[None]] = set()
 
 
 def error_frame(err: ApiError, frame_id: str | None) -> dict[str, Any]:
+    metrics.WS_REFUSED_FRAMES.labels(err.code.value).inc()  # every error frame is built here
     return {"type": ServerFrame.ERROR.value, "id": frame_id, "error": err.to_dict()}
 
 
@@ -106,6 +109,7 @@ async def _dispatch(services: Services, conn: Connection, env: ClientEnvelope) -
         err = ApiError(400, ErrorCode.UNKNOWN_FRAME, f"frame type {env.type!r} not accepted here")
         conn.send(error_frame(err, env.id))
         return
+    started = time.perf_counter()
     try:
         result = await handler(services, conn, env.data)
     except ApiError as err:
@@ -118,6 +122,8 @@ async def _dispatch(services: Services, conn: Connection, env: ClientEnvelope) -
         await result.run(lambda: conn.send(ack_frame(env.id, result.data)))
         return
     conn.send(ack_frame(env.id, result))
+    if frame_type == ClientFrame.SEND:
+        metrics.SEND_ACK_SECONDS.observe(time.perf_counter() - started)
 
 
 def _too_many() -> ApiError:
@@ -146,6 +152,8 @@ async def _work(
 
 async def websocket_endpoint(request: Request, ws: Websocket) -> None:
     services: Services = request.app.ctx.services
+    # This connection's log lines (and its worker's, which inherits the context) carry it.
+    logs.conn_id.set(logs.new_id())
     try:
         user = await _authenticate_socket(services, request, ws)
     except ApiError as err:
@@ -161,6 +169,7 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
         device_id=request.args.get("device_id"),
     )
     services.hub.add(conn)
+    log.info("connected: user %s (%s), device %s", user.id, user.role.value, conn.device_id)
     conn.send(
         {
             "type": ServerFrame.READY.value,
@@ -190,6 +199,7 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
             try:
                 inbox.put_nowait(item)
             except asyncio.QueueFull:
+                metrics.RATE_LIMITED.labels(metrics.LIMIT_WS_INBOX).inc()
                 frame_id = item.id if isinstance(item, ClientEnvelope) else None
                 conn.send(error_frame(_too_many(), frame_id))
     finally:
@@ -199,4 +209,5 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
         while not inbox.empty():
             inbox.get_nowait()
         inbox.put_nowait(None)
+        log.info("disconnected: user %s", user.id)
         await services.hub.remove(conn)
