@@ -7,6 +7,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -397,3 +398,19 @@ async def test_json_logs_carry_request_and_connection_ids(server: ServerProcess)
     gone = [e for e in entries if e["message"] == gone_line]
     assert [e["conn_id"] for e in gone] == [conn]
     assert any(e["logger"].startswith("halochat") for e in entries)
+
+
+async def test_dashboard_uses_served_metrics(server: ServerProcess) -> None:
+    """docs/grafana-dashboard.json only queries metrics /metrics declares."""
+    dashboard = json.loads((REPO_ROOT / "docs" / "grafana-dashboard.json").read_text())
+    queried = {
+        re.sub(r"_bucket$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"halochat_\w+", target["expr"])
+    }
+    async with api(server.base_url) as http:
+        text = (await http.get("/metrics")).text
+    declared = set(re.findall(r"^# HELP (halochat_\w+)", text, re.MULTILINE))
+    assert len(queried) >= 10
+    assert queried <= declared, queried - declared

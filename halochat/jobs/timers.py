@@ -16,7 +16,7 @@ from apscheduler.triggers.date import DateTrigger
 
 from halochat.constants import TimelineKind
 from halochat.documents.common import utcnow
-from halochat.observability import metrics, timeline
+from halochat.observability import logs, metrics, timeline
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,10 @@ async def fire(
     """Every timer runs through here: its lateness (from the deadline it was armed for, so a
     deadline passed while the server was down counts in full) is measured and put on the
     session's timeline, then the job runs."""
+    # The job's task may have inherited the context of the request that armed the timer:
+    # its log lines belong to no request or connection.
+    logs.request_id.set(None)
+    logs.conn_id.set(None)
     lateness = max(0.0, (utcnow() - due_at).total_seconds())
     metrics.TIMER_LATENESS.labels(kind.value).observe(lateness)
     timeline.record(

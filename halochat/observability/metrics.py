@@ -6,6 +6,8 @@ sessions-by-state gauge are read at scrape time, the latter from the database (t
 short cache), so it is true after restarts and across processes.
 """
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,6 +27,8 @@ from prometheus_client.registry import Collector
 from pymongo import monitoring
 
 from halochat.constants import SessionState
+
+log = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -123,6 +127,7 @@ LIMIT_WS_INBOX = "ws_inbox"  # a client ran too far ahead of its answers (ws/han
 # --- values read at scrape time ------------------------------------------------------------
 
 SESSION_COUNT_TTL = 2.0  # seconds a sessions-by-state count is reused
+COUNT_TIMEOUT = 2.0  # seconds a scrape waits for the count
 
 
 class LiveCollector(Collector):
@@ -137,9 +142,14 @@ class LiveCollector(Collector):
         self.counted_at = float("-inf")
 
     async def refresh(self) -> None:
+        """A database that does not answer keeps the last counts: the other metrics (its
+        errors among them) are still served."""
         if self.count_sessions is None or time.monotonic() - self.counted_at < SESSION_COUNT_TTL:
             return
-        self.by_state = await self.count_sessions()
+        try:
+            self.by_state = await asyncio.wait_for(self.count_sessions(), COUNT_TIMEOUT)
+        except Exception:
+            log.warning("sessions by state not counted; serving the last counts", exc_info=True)
         self.counted_at = time.monotonic()
 
     def collect(self) -> Iterator[Metric]:
