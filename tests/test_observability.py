@@ -401,7 +401,8 @@ async def test_json_logs_carry_request_and_connection_ids(server: ServerProcess)
 
 
 async def test_dashboard_uses_served_metrics(server: ServerProcess) -> None:
-    """docs/grafana-dashboard.json only queries metrics /metrics declares."""
+    """docs/grafana-dashboard.json only queries metrics /metrics declares; a scraper asking
+    for OpenMetrics gets it."""
     dashboard = json.loads((REPO_ROOT / "docs" / "grafana-dashboard.json").read_text())
     queried = {
         re.sub(r"_bucket$", "", name)
@@ -411,6 +412,10 @@ async def test_dashboard_uses_served_metrics(server: ServerProcess) -> None:
     }
     async with api(server.base_url) as http:
         text = (await http.get("/metrics")).text
+        scraper = {"Accept": "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"}
+        open_metrics = await http.get("/metrics", headers=scraper)
+    assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert open_metrics.text.endswith("# EOF\n")
     declared = set(re.findall(r"^# HELP (halochat_\w+)", text, re.MULTILINE))
     assert len(queried) >= 10
     assert queried <= declared, queried - declared

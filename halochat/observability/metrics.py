@@ -13,16 +13,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     GCCollector,
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from pymongo import monitoring
 
@@ -34,8 +33,6 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
 GCCollector(registry=REGISTRY)
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # Sub-second operations (acks, database commands) and timers (seconds, minutes after a restart).
 FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -179,9 +176,12 @@ def bind(socket_count: Callable[[], int], count_sessions: Callable[[], Any]) -> 
     LIVE.counted_at = float("-inf")
 
 
-async def exposition() -> bytes:
+async def exposition(accept: str | None) -> tuple[bytes, str]:
+    """The body and content type for a scrape: Prometheus text (0.0.4 unless the scraper
+    asks for a newer one) or OpenMetrics, as its Accept header asks."""
     await LIVE.refresh()
-    return generate_latest(REGISTRY)
+    encode, content_type = choose_encoder(accept or "")
+    return encode(REGISTRY), content_type
 
 
 # --- database command monitoring -----------------------------------------------------------

@@ -21,7 +21,8 @@ bp = Blueprint("observability")
 @openapi.summary("Prometheus metrics (text exposition format; docs/operations.md)")
 @openapi.response(200, {"text/plain": str}, "the metrics")
 async def prometheus_metrics(request: Request) -> HTTPResponse:
-    return raw(await metrics.exposition(), content_type=metrics.CONTENT_TYPE)
+    body, content_type = await metrics.exposition(request.headers.get("accept"))
+    return raw(body, content_type=content_type)
 
 
 def _session_id(value: str) -> PydanticObjectId:
