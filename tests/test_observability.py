@@ -151,6 +151,7 @@ async def test_metrics_move_by_exact_amounts(server: ServerProcess, fake_fcm: Fa
             return (
                 delta(before, s, "halochat_pushes_failed_total", type="chat_message",
                       reason="invalid_token") >= 1
+                and delta(before, s, "halochat_pushes_sent_total", type="chat_message") >= 1
                 and delta(before, s, "halochat_timer_lateness_seconds_count", kind="expiry") >= 1
             )
 
