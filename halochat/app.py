@@ -2,7 +2,8 @@
 
 import logging
 
-from sanic import Blueprint, Sanic
+from sanic import Blueprint, Request, Sanic
+from sanic.response import HTTPResponse
 from sanic_ext import Extend, openapi
 
 import halochat.ws.frames  # noqa: F401  (registers the frame handlers)
@@ -11,10 +12,12 @@ from halochat.cluster.membership import Membership
 from halochat.config import Settings
 from halochat.constants import AuthMode
 from halochat.db.connect import init_db, make_client
+from halochat.documents import ChatSession
 from halochat.domain import recovery
 from halochat.domain.app_config import ensure_config
 from halochat.errors import install_error_handler
 from halochat.jobs.timers import Timers
+from halochat.observability import logs, metrics, timeline
 from halochat.playground import playground_blueprint
 from halochat.push import PushService
 from halochat.routes import ROUTE_BLUEPRINTS
@@ -63,11 +66,23 @@ def create_app(settings: Settings | None = None) -> Sanic:
         app.blueprint(playground_bp)
         openapi.exclude(bp=playground_bp)
 
+    @app.on_request
+    async def tag_request(request: Request) -> None:
+        """The request id of this request's log lines (docs/operations.md "Logs")."""
+        rid = logs.accept_request_id(request.headers.get(logs.REQUEST_ID_HEADER))
+        request.ctx.request_id = rid
+        logs.request_id.set(rid)
+
+    @app.on_response
+    async def echo_request_id(request: Request, response: HTTPResponse) -> None:
+        if (rid := getattr(request.ctx, "request_id", None)) is not None:
+            response.headers[logs.REQUEST_ID_HEADER] = rid
+
     @app.before_server_start
     async def start_services(app: Sanic) -> None:
         if settings.auth_mode == AuthMode.FIREBASE:
             firebase_auth_app(settings)  # made once, before the first token arrives
-        client = make_client(settings.mongodb_uri)
+        client = make_client(settings.mongodb_uri, [metrics.DbCommandListener()])
         await init_db(client, settings.db_name)
         # First: alone on this database (or refuse, StartRefused) before any other write.
         app.ctx.membership = Membership(settings, on_lost=app.stop)
@@ -84,6 +99,7 @@ def create_app(settings: Settings | None = None) -> Sanic:
             timers=Timers(),
         )
         app.ctx.services = services
+        metrics.bind(lambda: services.hub.socket_count, count_sessions_by_state)
         services.timers.start()
         await recovery.recover(services)
 
@@ -95,7 +111,15 @@ def create_app(settings: Settings | None = None) -> Sanic:
         await services.message_writer.aclose()
         await services.push.drain()
         await services.push.aclose()
+        await timeline.RECORDER.flush()
         await app.ctx.membership.leave()  # last write: the next process may start now
         await services.client.close()
 
     return app
+
+
+async def count_sessions_by_state() -> dict[str, int]:
+    """For the halochat_sessions gauge: one aggregation over the sessions."""
+    pipeline = [{"$group": {"_id": "$state", "n": {"$sum": 1}}}]
+    coll = ChatSession.get_pymongo_collection()
+    return {row["_id"]: row["n"] async for row in await coll.aggregate(pipeline)}

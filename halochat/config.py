@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from halochat.constants import AuthMode
+from halochat.constants import AuthMode, LogFormat
 
 # The value in the source: anyone can read it, so only a development server may sign with it.
 DEV_JWT_SECRET = "dev-only-secret-change-me-0123456789abcdef"
@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024
     ws_max_frame_bytes: int = 64 * 1024
     access_log: bool = False
+    log_format: LogFormat = LogFormat.TEXT  # json: one object per line (docs/operations.md)
 
     # Auth
     auth_mode: AuthMode = AuthMode.LOCAL

@@ -212,3 +212,39 @@ class ErrorCode(StrEnum):
     # 5xx
     INTERNAL = "internal_error"
     UNAVAILABLE = "service_unavailable"
+
+
+class ActorRole(StrEnum):
+    """Who caused a session timeline event: a party, an admin, or the server itself."""
+
+    CUSTOMER = "customer"
+    MITRA = "mitra"
+    ADMIN = "admin"
+    SYSTEM = "system"  # timers, recovery, pushes
+
+
+class TimelineKind(StrEnum):
+    """The `kind` of a session timeline event (docs/support.md lists each one's data)."""
+
+    SESSION_CREATED = "session_created"
+    STATE_CHANGED = "state_changed"
+    EXTENSION_REQUESTED = "extension_requested"
+    EXTENSION_ANSWERED = "extension_answered"
+    CLOSURE_SUBMITTED = "closure_submitted"
+    TIMER_FIRED = "timer_fired"
+    PUSH_SENT = "push_sent"
+    PUSH_FAILED = "push_failed"
+
+
+class PushFailure(StrEnum):
+    """Why a push did not reach FCM for a device (metrics and the session timeline)."""
+
+    NO_DEVICES = "no_devices"  # the user has no registered device
+    FCM_ERROR = "fcm_error"  # the whole request to FCM failed
+    INVALID_TOKEN = "invalid_token"  # FCM says the token is dead; it was dropped
+    REJECTED = "rejected"  # FCM refused this device's message for another reason
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"  # one JSON object per line (docs/operations.md "Logs")

@@ -10,6 +10,7 @@ from urllib.parse import unquote_plus
 from halochat.app import create_app
 from halochat.cluster.membership import ExitCode, StartRefused
 from halochat.config import Settings
+from halochat.observability import logs
 from halochat.settings_check import UnsafeSettings, check_settings
 
 log = logging.getLogger("halochat")
@@ -62,18 +63,17 @@ class RedactTokens(logging.Filter):
         return True
 
 
-def _configure_logging() -> None:
-    """Our loggers and the scheduler's; Sanic configures its own (no duplicate lines)."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("halochat", "apscheduler"):
-        logger = logging.getLogger(name)
-        logger.setLevel(logging.INFO)
-        logger.addHandler(handler)
-        logger.propagate = False
-    logging.getLogger("sanic.access").addFilter(RedactTokens())
+def _configure_logging(settings: Settings) -> None:
+    """Handlers and format (halochat.observability.logs; again once the Sanic app exists,
+    since it installs its own), and the filters on Sanic's loggers."""
+    logs.configure(settings.log_format)
+    access = logging.getLogger("sanic.access")
+    if not any(isinstance(f, RedactTokens) for f in access.filters):
+        access.addFilter(RedactTokens())
     # A refusal to start is explained by one log line, not by Sanic's traceback of it.
-    logging.getLogger("sanic.error").addFilter(_not_a_refusal)
+    error = logging.getLogger("sanic.error")
+    if _not_a_refusal not in error.filters:
+        error.addFilter(_not_a_refusal)
 
 
 def _not_a_refusal(record: logging.LogRecord) -> bool:
@@ -82,7 +82,7 @@ def _not_a_refusal(record: logging.LogRecord) -> bool:
 
 def serve(settings: Settings | None = None) -> None:
     settings = settings or Settings()
-    _configure_logging()
+    _configure_logging(settings)
     try:
         if warning := check_settings(settings):
             log.warning("%s", warning)
@@ -91,6 +91,7 @@ def serve(settings: Settings | None = None) -> None:
         sys.exit(2)
     with database_uri(settings) as resolved:
         app = create_app(resolved)
+        _configure_logging(resolved)  # again: the Sanic app installed its loggers
         log.info("serving on http://%s:%s (OpenAPI at /docs)", resolved.host, resolved.port)
         if resolved.playground:
             log.info(

@@ -2,7 +2,7 @@
 
     halochat export [--format jsonl|csv] [--output FILE|-]
         [--since ISO] [--until ISO] [--customer ID] [--mitra ID] [--session ID]
-        [--state STATE ...] [--no-messages] [--batch-size N]
+        [--state STATE ...] [--no-messages] [--timeline] [--batch-size N]
 
 Streams with constant memory: sessions and each session's messages are read through
 cursors in batches and written as they arrive. --since/--until filter on the session's
@@ -10,12 +10,15 @@ created_at (when the customer asked for the chat); sessions come out in creation
 JSON Lines: one record per line, {"record": "session", ...} followed by that session's
 {"record": "message", ...} lines. CSV: one row per message with the session columns repeated
 (a session without messages gets one row with empty message columns).
+--timeline (JSON Lines only) adds each session's timeline after its messages, as
+{"record": "timeline", "session_id", "at", "kind", "actor", "data"} lines, oldest first.
 Uses MONGODB_URI / HALOCHAT_DB_NAME, else the embedded database under HALOCHAT_DATA_DIR
 (reusing the server `make run` started on it, if any). Details: docs/support.md.
 """
 
 import argparse
 import csv
+import itertools
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -161,10 +164,35 @@ def iter_export(
         yield session_record(doc), messages
 
 
+def timeline_records(db: Any, session_id: Any, batch_size: int) -> Iterator[dict[str, Any]]:
+    """The session's timeline events (docs/support.md), oldest first, as export records."""
+    cursor = (
+        db["session_timeline"]
+        .find({"session_id": session_id}, batch_size=batch_size)
+        .sort([("at", ASCENDING), ("_id", ASCENDING)])
+    )
+    for event in cursor:
+        yield {
+            "record": "timeline",
+            "at": _iso(event["at"]),
+            "kind": event["kind"],
+            "actor": event["actor"],
+            "data": event.get("data") or {},
+        }
+
+
+def with_timeline(db: Any, records: Iterator[Any], batch_size: int) -> Iterator[Any]:
+    """Appends each session's timeline records to its message records (JSON Lines)."""
+    for session, messages in records:
+        sid = ObjectId(session["session_id"])
+        yield session, itertools.chain(messages, timeline_records(db, sid, batch_size))
+
+
 def write_jsonl(out: IO[str], records: Iterator[Any], progress: Any) -> None:
     for session, messages in records:
         out.write(orjson.dumps({"record": "session", **session}).decode() + "\n")
         for message in messages:
+            # A timeline record brings its own "record" key (--timeline).
             line = {"record": "message", "session_id": session["session_id"], **message}
             out.write(orjson.dumps(line).decode() + "\n")
             progress.update(1)
@@ -203,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--state", type=SessionState, nargs="+", choices=list(SessionState), help="session states"
     )
     parser.add_argument("--no-messages", action="store_true", help="sessions only")
+    parser.add_argument(
+        "--timeline", action="store_true", help="add each session's timeline (jsonl only)"
+    )
     parser.add_argument("--batch-size", type=int, default=500, help="cursor batch size")
     return parser
 
@@ -217,6 +248,8 @@ def export(args: argparse.Namespace, uri: str, db_name: str) -> None:
         records = iter_export(
             client[db_name], build_query(args), not args.no_messages, args.batch_size
         )
+        if args.timeline:
+            records = with_timeline(client[db_name], records, args.batch_size)
         (write_csv if args.format == "csv" else write_jsonl)(out, records, progress)
         out.flush()
     finally:
@@ -227,7 +260,10 @@ def export(args: argparse.Namespace, uri: str, db_name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.timeline and args.format == "csv":
+        parser.error("--timeline needs --format jsonl")
     if args.format == "csv" and args.output == "-":
         sys.stdout.reconfigure(newline="")  # the csv module writes its own \r\n
     with database_uri(Settings()) as settings:

@@ -10,6 +10,7 @@ from halochat.constants import (
     ErrorCode,
     Role,
     ServerFrame,
+    TimelineKind,
 )
 from halochat.documents import ChatSession, User
 from halochat.documents.common import utcnow
@@ -24,6 +25,7 @@ from halochat.domain.session_events import (
 )
 from halochat.domain.state_machine import Trigger, transition
 from halochat.errors import ApiError
+from halochat.observability import timeline
 from halochat.services import Services
 
 
@@ -38,6 +40,7 @@ async def end_early(services: Services, user: User, session_id: PydanticObjectId
         session_id,
         Trigger.END_EARLY,
         set_fields={"ended_at": now, "end_reason": reason.value, **grace_fields(services, now)},
+        actor=timeline.actor_of(user),
     )
     if closing is None:
         raise invalid_state(await current_session(session_id), "end the session")
@@ -83,6 +86,12 @@ async def submit_closure(
     written = ChatSession.model_validate(raw)
     closure = written.closures.of(role)
     assert closure is not None
+    timeline.record(
+        session_id,
+        TimelineKind.CLOSURE_SUBMITTED,
+        timeline.actor_of(user),
+        {"role": role.value, "text": closure.text},
+    )
     tell(
         services,
         written,
@@ -96,6 +105,7 @@ async def submit_closure(
         session_id,
         Trigger.CLOSURES_DONE,
         extra_filter={"closures.customer": {"$ne": None}, "closures.mitra": {"$ne": None}},
+        actor=timeline.actor_of(user),
     )
     if completed is None:  # the grace job completed it a moment earlier
         return await current_session(session_id)

@@ -15,6 +15,7 @@ from halochat.constants import (
     PushType,
     Role,
     ServerFrame,
+    TimelineKind,
     TransactionKind,
     TransactionStatus,
 )
@@ -30,6 +31,7 @@ from halochat.domain.session_events import (
     dump_extension,
     extension_view,
     grace_fields,
+    record_answer,
     seconds,
     session_push,
     tell,
@@ -37,6 +39,7 @@ from halochat.domain.session_events import (
 )
 from halochat.domain.state_machine import Trigger, transition
 from halochat.errors import ApiError
+from halochat.observability import timeline
 from halochat.services import Services
 
 
@@ -63,9 +66,22 @@ async def request_extension(
         session_id,
         Trigger.REQUEST_EXTENSION,
         set_fields={"extension": dump_extension(ext), **grace_fields(services, utcnow())},
+        actor=timeline.actor_of(customer),
     )
     if pending is None:
         raise invalid_state(await current_session(session_id), "request an extension")
+    timeline.record(
+        session_id,
+        TimelineKind.EXTENSION_REQUESTED,
+        timeline.actor_of(customer),
+        {
+            "extension_id": ext.id,
+            "tier_id": ext.tier_id,
+            "minutes": ext.minutes,
+            "price": ext.price,
+            "currency": ext.currency,
+        },
+    )
     arm_grace_timer(services, pending)
     tell(
         services,
@@ -139,12 +155,13 @@ async def answer_extension(
     ):
         raise _answer_conflict(session, extension_id)
     if accept:
-        return await _accept_extension(services, session, ext)
-    return await _reject_extension(services, session, ext), None
+        return await _accept_extension(services, mitra, session, ext)
+    return await _reject_extension(services, mitra, session, ext), None
+
 
 
 async def _accept_extension(
-    services: Services, session: ChatSession, ext: ExtensionRequest
+    services: Services, mitra: User, session: ChatSession, ext: ExtensionRequest
 ) -> tuple[ChatSession, Transaction]:
     """EXTENSION_PENDING -> ACTIVE with ends_at = now + minutes, and a transaction in
     pending_payment. The transaction is stored first so the session can point at it in the
@@ -180,10 +197,13 @@ async def _accept_extension(
         unset_fields=("grace_deadline", "ended_at", "end_reason"),
         extra_filter={"extension.id": ext.id, "extension.status": ExtensionStatus.PENDING.value},
         extra_update={"$push": {"extensions": answered, "transaction_ids": txn.id}},
+        actor=timeline.actor_of(mitra),
     )
     if resumed is None:
         await txn.delete()
         raise _answer_conflict(await current_session(session.id), ext.id)
+    assert resumed.extension is not None
+    record_answer(session.id, resumed.extension, timeline.actor_of(mitra))
     _tell_answered(
         services,
         resumed,
@@ -229,7 +249,7 @@ def _tell_answered(
 
 
 async def _reject_extension(
-    services: Services, session: ChatSession, ext: ExtensionRequest
+    services: Services, mitra: User, session: ChatSession, ext: ExtensionRequest
 ) -> ChatSession:
     """EXTENSION_PENDING -> CLOSING; a fresh grace period for the closing messages."""
     now = utcnow()
@@ -246,9 +266,12 @@ async def _reject_extension(
         },
         extra_filter={"extension.id": ext.id, "extension.status": ExtensionStatus.PENDING.value},
         extra_update={"$push": {"extensions": answered}},
+        actor=timeline.actor_of(mitra),
     )
     if closing is None:
         raise _answer_conflict(await current_session(session.id), ext.id)
+    assert closing.extension is not None
+    record_answer(session.id, closing.extension, timeline.actor_of(mitra))
     arm_grace_timer(services, closing)
     _tell_answered(
         services,
@@ -275,6 +298,7 @@ async def decline_extension(
             "end_reason": EndReason.EXTENSION_DECLINED.value,
             **grace_fields(services, utcnow()),
         },
+        actor=timeline.actor_of(customer),
     )
     if closing is None:
         raise invalid_state(await current_session(session_id), "decline the extension")

@@ -33,6 +33,7 @@ from halochat.domain.session_events import (
     PARTIES,
     dump_extension,
     other_name,
+    record_answer,
     seconds,
     session_push,
     tell,
@@ -40,6 +41,7 @@ from halochat.domain.session_events import (
 )
 from halochat.domain.state_machine import Trigger, transition
 from halochat.jobs.timers import TimerKind
+from halochat.observability import timeline
 from halochat.services import Services
 
 log = logging.getLogger(__name__)
@@ -246,6 +248,8 @@ async def complete_after_grace(
     )
     if completed is None:
         return None
+    if extra_update is not None and completed.extension is not None:
+        record_answer(session_id, completed.extension, timeline.SYSTEM)  # it lapsed
     services.timers.cancel(session_id)
     tell_completed(services, completed, Trigger.GRACE_ELAPSED)
     return completed

@@ -37,6 +37,7 @@ from halochat.domain import live_sessions
 from halochat.domain.access import invalid_state, load_session, session_not_found
 from halochat.domain.live_sessions import LiveSession, current_last_seq, session_lock
 from halochat.errors import ApiError
+from halochat.observability import metrics
 from halochat.push import Push
 from halochat.services import Services, frame
 from halochat.views import message_view, session_view
@@ -238,6 +239,7 @@ async def _insert_next(
             live.last_seq = max(live.last_seq, await _stored_last_seq(live.id))
             continue
         live.last_seq = doc["seq"]
+        metrics.MESSAGES_STORED.inc()
         return Message.model_validate(doc)
     raise ApiError(503, ErrorCode.UNAVAILABLE, "could not store the message, retry it")
 
@@ -349,6 +351,8 @@ async def receipt(
         "delivered": delivered,
         "read": read,
     }
+    if delivered > old_delivered:
+        metrics.MESSAGES_DELIVERED.inc(delivered - old_delivered)
     if (delivered, read) != (old_delivered, old_read):
         other_id = before.get(f"{who.role.counterpart.value}_id")
         services.notify(other_id, ServerFrame.RECEIPT, data)

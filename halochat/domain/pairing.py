@@ -26,6 +26,7 @@ from halochat.constants import (
     Role,
     ServerFrame,
     SessionState,
+    TimelineKind,
     TransactionKind,
     TransactionStatus,
 )
@@ -37,6 +38,7 @@ from halochat.domain.app_config import require_config
 from halochat.domain.state_machine import Trigger, transition
 from halochat.errors import ApiError
 from halochat.jobs.timers import TimerKind
+from halochat.observability import timeline
 from halochat.push import Push
 from halochat.services import Services
 from halochat.views import session_view
@@ -196,6 +198,18 @@ async def request_chat(
         open_id = await _open_session_id(customer.id)
         raise session_already_open(open_id) from exc
 
+    timeline.record(
+        session.id,
+        TimelineKind.SESSION_CREATED,
+        timeline.actor_of(customer),
+        {
+            "kind": snapshot.kind.value,
+            "tier_id": snapshot.tier_id,
+            "minutes": snapshot.minutes,
+            "price": snapshot.price,
+            "offered_to_count": len(mitras),
+        },
+    )
     arm_pairing_timer(services, session)
     for mitra in mitras:
         offer_to(services, session, mitra.id)
@@ -283,6 +297,7 @@ async def accept(services: Services, mitra: User, session_id: PydanticObjectId) 
             "ends_at": ends_at,
         },
         extra_filter={"offered_to": mitra.id},
+        actor=timeline.actor_of(mitra),
     )
     if won is None:
         current = await ChatSession.get(session_id)
@@ -382,7 +397,10 @@ async def pairing_timeout(services: Services, session_id: PydanticObjectId) -> N
 async def cancel(services: Services, customer: User, session_id: PydanticObjectId) -> ChatSession:
     session, _ = await participant_session(customer, session_id, Role.CUSTOMER)
     cancelled = await transition(
-        session_id, Trigger.CANCEL, set_fields={"end_reason": EndReason.CANCELLED.value}
+        session_id,
+        Trigger.CANCEL,
+        set_fields={"end_reason": EndReason.CANCELLED.value},
+        actor=timeline.actor_of(customer),
     )
     if cancelled is None:
         current = await ChatSession.get(session_id)

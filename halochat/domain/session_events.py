@@ -8,13 +8,16 @@ from typing import Any
 from beanie import PydanticObjectId
 
 from halochat.constants import (
+    ExtensionStatus,
     PushType,
     Role,
     ServerFrame,
+    TimelineKind,
 )
-from halochat.documents import ChatSession, ExtensionRequest
+from halochat.documents import ChatSession, EventActor, ExtensionRequest
 from halochat.domain.access import session_not_found
 from halochat.domain.state_machine import Trigger
+from halochat.observability import timeline
 from halochat.push import Push
 from halochat.services import Services
 from halochat.views import session_view
@@ -108,6 +111,20 @@ def tell_completed(services: Services, session: ChatSession, trigger: Trigger) -
 
 def dump_extension(ext: ExtensionRequest) -> dict[str, Any]:
     return ext.model_dump(mode="python", exclude_none=True)
+
+
+def record_answer(session_id: object, ext: ExtensionRequest, actor: EventActor) -> None:
+    """extension_answered on the timeline: accepted / rejected by the Mitra, or lapsed."""
+    timeline.record(
+        session_id,
+        TimelineKind.EXTENSION_ANSWERED,
+        actor,
+        {
+            "extension_id": ext.id,
+            "accepted": ext.status == ExtensionStatus.ACCEPTED,
+            "status": ext.status.value,
+        },
+    )
 
 
 def extension_view(ext: ExtensionRequest) -> dict[str, Any]:

@@ -15,10 +15,11 @@ from typing import Any, NamedTuple
 from beanie import PydanticObjectId
 from pymongo import ReturnDocument
 
-from halochat.constants import FINAL_STATES, SessionState
-from halochat.documents import ChatSession
+from halochat.constants import FINAL_STATES, SessionState, TimelineKind
+from halochat.documents import ChatSession, EventActor
 from halochat.documents.common import utcnow
 from halochat.domain import live_sessions
+from halochat.observability import metrics, timeline
 
 S = SessionState
 
@@ -71,26 +72,40 @@ async def transition(
     unset_fields: tuple[str, ...] = (),
     extra_filter: dict[str, Any] | None = None,
     extra_update: dict[str, Any] | None = None,
+    actor: EventActor = timeline.SYSTEM,
 ) -> ChatSession | None:
     """Applies `trigger` if the session is in one of its source states (and matches
     `extra_filter`); returns the updated session, or None if another actor got there first.
 
     `extra_update` merges further operators (e.g. {"$push": ...}) into the same update.
+    The change is counted and put on the session's timeline with `actor` (who caused it).
     """
     edge = TRANSITIONS[trigger]
     if S.ACTIVE not in edge.sources:
         done = await _apply(session_id, edge, set_fields, unset_fields, extra_filter, extra_update)
         if done is not None and edge.target == S.ACTIVE:
-            live_sessions.remember(done)
-        return done
-    async with live_sessions.session_lock(session_id):
-        if (live := live_sessions.get(session_id)) is not None:
-            extra_update = {**(extra_update or {})}
-            extra_update["$max"] = {**extra_update.get("$max", {}), "last_seq": live.last_seq}
-        done = await _apply(session_id, edge, set_fields, unset_fields, extra_filter, extra_update)
-        if done is not None:
-            live_sessions.forget(session_id)
-        return done
+            live_sessions.remember(done[1])
+    else:
+        async with live_sessions.session_lock(session_id):
+            if (live := live_sessions.get(session_id)) is not None:
+                extra_update = {**(extra_update or {})}
+                extra_update["$max"] = {**extra_update.get("$max", {}), "last_seq": live.last_seq}
+            done = await _apply(
+                session_id, edge, set_fields, unset_fields, extra_filter, extra_update
+            )
+            if done is not None:
+                live_sessions.forget(session_id)
+    if done is not None:
+        source, session = done
+        metrics.TRANSITIONS.labels(trigger.value, edge.target.value).inc()
+        timeline.record(
+            session_id,
+            TimelineKind.STATE_CHANGED,
+            actor,
+            {"from": source.value, "to": edge.target.value, "trigger": trigger.value},
+        )
+        return session
+    return None
 
 
 async def _apply(
@@ -100,7 +115,10 @@ async def _apply(
     unset_fields: tuple[str, ...],
     extra_filter: dict[str, Any] | None,
     extra_update: dict[str, Any] | None,
-) -> ChatSession | None:
+) -> tuple[SessionState, ChatSession] | None:
+    """The update, and the state it left. An edge with several sources (GRACE_ELAPSED) is
+    tried one source at a time, in the order a session moves through them, so the state it
+    left is known: a session moving on meanwhile is still caught by a later try."""
     now = utcnow()
     fields: dict[str, Any] = {"state": edge.target.value, "updated_at": now}
     fields.update(set_fields or {})
@@ -114,9 +132,16 @@ async def _apply(
         update["$unset"] = unset
     for op, spec in (extra_update or {}).items():
         update.setdefault(op, {}).update(spec)
-    query: dict[str, Any] = {"_id": session_id, "state": {"$in": [s.value for s in edge.sources]}}
-    query.update(extra_filter or {})
-    raw = await ChatSession.get_pymongo_collection().find_one_and_update(
-        query, update, return_document=ReturnDocument.AFTER
-    )
-    return None if raw is None else ChatSession.model_validate(raw)
+    if extra_filter and "state" in extra_filter:
+        sources = [SessionState(extra_filter["state"])]
+    else:
+        sources = [s for s in SessionState if s in edge.sources]  # declaration order
+    for source in sources:
+        query: dict[str, Any] = {"_id": session_id, "state": source.value}
+        query.update(extra_filter or {})
+        raw = await ChatSession.get_pymongo_collection().find_one_and_update(
+            query, update, return_document=ReturnDocument.AFTER
+        )
+        if raw is not None:
+            return source, ChatSession.model_validate(raw)
+    return None

@@ -14,7 +14,9 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 
+from halochat.constants import TimelineKind
 from halochat.documents.common import utcnow
+from halochat.observability import logs, metrics, timeline
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +58,10 @@ class Timers:
     ) -> None:
         """(Re)schedules the session's timer of this kind; a past `when` runs at once."""
         self.scheduler.add_job(
-            func,
+            fire,
             DateTrigger(run_date=max(when, utcnow())),
             id=job_id(session_id, kind),
-            args=list(args),
+            args=[session_id, kind, when, func, *args],
             replace_existing=True,
         )
 
@@ -72,3 +74,28 @@ class Timers:
     @property
     def pending(self) -> int:
         return len(self.scheduler.get_jobs())
+
+
+async def fire(
+    session_id: object,
+    kind: TimerKind,
+    due_at: datetime,
+    func: Callable[..., Awaitable[Any]],
+    *args: Any,
+) -> None:
+    """Every timer runs through here: its lateness (from the deadline it was armed for, so a
+    deadline passed while the server was down counts in full) is measured and put on the
+    session's timeline, then the job runs."""
+    # The job's task may have inherited the context of the request that armed the timer:
+    # its log lines belong to no request or connection.
+    logs.request_id.set(None)
+    logs.conn_id.set(None)
+    lateness = max(0.0, (utcnow() - due_at).total_seconds())
+    metrics.TIMER_LATENESS.labels(kind.value).observe(lateness)
+    timeline.record(
+        session_id,
+        TimelineKind.TIMER_FIRED,
+        timeline.SYSTEM,
+        {"kind": kind.value, "due_at": due_at, "lateness_ms": round(lateness * 1000)},
+    )
+    await func(*args)

@@ -13,13 +13,22 @@ from beanie import PydanticObjectId
 from firebase_admin import credentials, messaging
 
 from halochat.config import Settings
-from halochat.constants import PushType
+from halochat.constants import PushFailure, PushType, Role, TimelineKind
 from halochat.documents import Device
+from halochat.observability import metrics, timeline
 
 log = logging.getLogger(__name__)
 
 FCM_DEFAULT_BASE = "https://fcm.googleapis.com"
 ANDROID_CHANNEL_ID = "halochat_chat"
+
+# Who receives a push of this type; the others name the sender as other_role.
+_RECIPIENT_ROLE = {
+    PushType.CHAT_REQUEST: Role.MITRA,
+    PushType.EXTENSION_REQUEST: Role.MITRA,
+    PushType.PAIRING_RESULT: Role.CUSTOMER,
+    PushType.EXTENSION_ANSWER: Role.CUSTOMER,
+}
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,13 @@ class Push:
         merged: dict[str, object] = {"type": self.type.value, "session_id": self.session_id}
         merged.update(self.data)
         return {k: str(v) for k, v in merged.items() if v is not None}
+
+    @property
+    def recipient_role(self) -> Role | None:
+        if (role := _RECIPIENT_ROLE.get(self.type)) is not None:
+            return role
+        other = self.data.get("other_role")
+        return Role(other).counterpart if other in (Role.CUSTOMER, Role.MITRA) else None
 
 
 def build_message(push: Push, token: str) -> messaging.Message:
@@ -67,6 +83,30 @@ def _token_is_dead(exc: Exception) -> bool:
     # FCM answers INVALID_ARGUMENT for a malformed token; other INVALID_ARGUMENTs are ours.
     return isinstance(exc, firebase_admin.exceptions.InvalidArgumentError) and (
         "registration token" in str(exc).lower()
+    )
+
+
+def _outcome(push: Push, sent: int, failures: list[PushFailure]) -> None:
+    """Metrics per device; one timeline event per push (chat messages are not timeline
+    events): push_sent if any device got it, else push_failed with the first reason."""
+    if sent:
+        metrics.PUSHES_SENT.labels(push.type.value).inc(sent)
+    for reason in failures:
+        metrics.PUSHES_FAILED.labels(push.type.value, reason.value).inc()
+    if push.type == PushType.CHAT_MESSAGE:
+        return
+    role = push.recipient_role
+    timeline.record(
+        push.session_id,
+        TimelineKind.PUSH_SENT if sent else TimelineKind.PUSH_FAILED,
+        timeline.SYSTEM,
+        {
+            "type": push.type.value,
+            "role": role.value if role else None,
+            "reason": None if sent else failures[0].value,
+            "devices": sent,
+            "failed_devices": len(failures),
+        },
     )
 
 
@@ -104,20 +144,26 @@ class PushService:
             return 0
         devices = await Device.find(Device.user_id == user_id).to_list()
         if not devices:
+            _outcome(push, 0, [PushFailure.NO_DEVICES])
             return 0
         messages = [build_message(push, d.fcm_token) for d in devices]
         try:
             batch = await messaging.send_each_async(messages, app=self._app)
         except Exception:
             log.exception("FCM send failed for user %s", user_id)
+            _outcome(push, 0, [PushFailure.FCM_ERROR] * len(devices))
             return 0
+        failures: list[PushFailure] = []
         for device, resp in zip(devices, batch.responses, strict=True):
             if resp.exception is not None:
                 if _token_is_dead(resp.exception):
                     log.info("dropping dead FCM token of user %s", user_id)
                     await Device.find(Device.fcm_token == device.fcm_token).delete()
+                    failures.append(PushFailure.INVALID_TOKEN)
                 else:
                     log.warning("FCM error for user %s: %s", user_id, resp.exception)
+                    failures.append(PushFailure.REJECTED)
+        _outcome(push, batch.success_count, failures)
         return batch.success_count
 
     async def drain(self) -> None:

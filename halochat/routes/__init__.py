@@ -9,6 +9,7 @@ from halochat.routes import (
     history,
     lifecycle,
     messages,
+    observability,
     pairing,
     users,
 )
@@ -22,4 +23,5 @@ ROUTE_BLUEPRINTS: list[Blueprint] = [
     lifecycle.bp,
     messages.bp,
     history.bp,
+    observability.bp,
 ]

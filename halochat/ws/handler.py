@@ -6,6 +6,7 @@ Bad input gets an error frame and the connection stays open; only auth failures 
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,6 +24,7 @@ from halochat.auth import (
 from halochat.constants import ClientFrame, ErrorCode, ServerFrame
 from halochat.errors import ApiError, duplicate_key, validation_error
 from halochat.json_input import load_object
+from halochat.observability import logs, metrics
 from halochat.services import Services
 from halochat.ws.hub import Connection, encode
 from halochat.ws.protocol import AppStateIn, ClientEnvelope
@@ -37,6 +39,7 @@ _workers: set[asyncio.Task[None]] = set()
 
 
 def error_frame(err: ApiError, frame_id: str | None) -> dict[str, Any]:
+    metrics.WS_REFUSED_FRAMES.labels(err.code.value).inc()  # every error frame is built here
     return {"type": ServerFrame.ERROR.value, "id": frame_id, "error": err.to_dict()}
 
 
@@ -111,6 +114,7 @@ async def _dispatch(services: Services, conn: Connection, env: ClientEnvelope) -
         err = ApiError(400, ErrorCode.UNKNOWN_FRAME, f"frame type {env.type!r} not accepted here")
         conn.send(error_frame(err, env.id))
         return
+    started = time.perf_counter()
     try:
         result = await handler(services, conn, env.data)
     except ApiError as err:
@@ -123,6 +127,8 @@ async def _dispatch(services: Services, conn: Connection, env: ClientEnvelope) -
         await result.run(lambda: conn.send(ack_frame(env.id, result.data)))
         return
     conn.send(ack_frame(env.id, result))
+    if frame_type == ClientFrame.SEND:
+        metrics.SEND_ACK_SECONDS.observe(time.perf_counter() - started)
 
 
 def _token_expired() -> ApiError:
@@ -171,6 +177,8 @@ async def _recheck(conn: Connection, identity: Identity) -> None:
 
 async def websocket_endpoint(request: Request, ws: Websocket) -> None:
     services: Services = request.app.ctx.services
+    # This connection's log lines (and its worker's, which inherits the context) carry it.
+    logs.conn_id.set(logs.new_id())
     try:
         identity = await _authenticate_socket(services, request, ws)
     except ApiError as err:
@@ -193,6 +201,7 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
     conn.close_at(
         identity.expires_at, CLOSE_AUTH_FAILED, expired.code.value, error_frame(expired, None)
     )
+    log.info("connected: user %s (%s), device %s", user.id, user.role.value, conn.device_id)
     conn.send(
         {
             "type": ServerFrame.READY.value,
@@ -223,6 +232,7 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
             try:
                 inbox.put_nowait(item)
             except asyncio.QueueFull:
+                metrics.RATE_LIMITED.labels(metrics.LIMIT_WS_INBOX).inc()
                 frame_id = item.id if isinstance(item, ClientEnvelope) else None
                 conn.send(error_frame(_too_many(), frame_id))
     finally:
@@ -232,4 +242,5 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
         while not inbox.empty():
             inbox.get_nowait()
         inbox.put_nowait(None)
+        log.info("disconnected: user %s", user.id)
         await services.hub.remove(conn)
