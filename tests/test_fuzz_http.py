@@ -74,8 +74,9 @@ def fuzz_settings(max_examples: int) -> settings:
 
 
 # The session timeline is an audit log written in the background (a push of an earlier,
-# accepted request may land during a later one); it is not the data a refusal must keep.
-NOT_SNAPSHOTTED = frozenset({"session_timeline"})
+# accepted request may land during a later one), and the process lease and registration are
+# heartbeats (docs/scaling.md): neither is data a refusal must keep.
+NOT_SNAPSHOTTED = frozenset({"session_timeline", "leases", "processes"})
 
 
 def db_snapshot(server: ServerProcess) -> dict[str, list[dict[str, Any]]]:
