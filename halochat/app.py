@@ -1,5 +1,7 @@
 """The app factory: create_app(settings) is used by the server, the tests and the scripts."""
 
+import asyncio
+import contextlib
 import logging
 
 from sanic import Blueprint, Sanic
@@ -10,6 +12,7 @@ from halochat.config import Settings
 from halochat.db.connect import init_db, make_client
 from halochat.domain import recovery
 from halochat.domain.app_config import ensure_config
+from halochat.domain.sweeper import run_sweeper
 from halochat.errors import install_error_handler
 from halochat.jobs.timers import Timers
 from halochat.push import PushService
@@ -54,7 +57,7 @@ def create_app(settings: Settings | None = None) -> Sanic:
 
     @app.before_server_start
     async def start_services(app: Sanic) -> None:
-        client = make_client(settings.mongodb_uri)
+        client = make_client(settings.mongodb_uri, settings.db_timeout_seconds)
         await init_db(client, settings.db_name)
         if settings.seed_on_start:
             _, created = await ensure_config(settings)
@@ -70,10 +73,15 @@ def create_app(settings: Settings | None = None) -> Sanic:
         app.ctx.services = services
         services.timers.start()
         await recovery.recover(services)
+        # Fires deadlines the timers missed (a database outage, a lost process).
+        app.ctx.sweeper = asyncio.create_task(run_sweeper(services), name="sweeper")
 
     @app.before_server_stop
     async def stop_services(app: Sanic) -> None:
         services: Services = app.ctx.services
+        app.ctx.sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await app.ctx.sweeper
         services.timers.shutdown()
         await services.hub.close_all()
         await services.message_writer.aclose()

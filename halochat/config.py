@@ -56,3 +56,11 @@ class Settings(BaseSettings):
 
     # Seed the default app_config on start when none exists (make run does).
     seed_on_start: bool = True
+
+    # Faults (docs/operations.md "Faults and recovery"). db_timeout_seconds: how long a
+    # database call waits for an unreachable database before answering 503.
+    # sweep_interval_seconds: how often overdue session deadlines are swept.
+    # embedded_restart_delay_seconds: wait before restarting a dead embedded database child.
+    db_timeout_seconds: float = 3.0
+    sweep_interval_seconds: float = 5.0
+    embedded_restart_delay_seconds: float = 0.5

@@ -15,7 +15,7 @@ from sanic import Request, Websocket
 from halochat.auth import authenticate, bearer_token
 from halochat.constants import ClientFrame, ErrorCode, ServerFrame
 from halochat.documents import User
-from halochat.errors import ApiError, duplicate_key, validation_error
+from halochat.errors import ApiError, database_unavailable, duplicate_key, validation_error
 from halochat.json_input import load_object
 from halochat.services import Services
 from halochat.ws.hub import Connection, encode
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 AUTH_FRAME_TIMEOUT = 10.0
 CLOSE_AUTH_FAILED = 4401  # private-use close code: the app should refresh its token
+CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455 registry: the database was unavailable at connect
 INBOX_SIZE = 256  # frames read but not yet handled, per connection
 
 _workers: set[asyncio.Task[None]] = set()
@@ -139,7 +140,11 @@ async def _work(
             await _dispatch(services, conn, item)
         except DuplicateKeyError as exc:  # as over HTTP (halochat/errors.py)
             conn.send(error_frame(duplicate_key(exc), item.id))
-        except Exception:  # never drop a connection for one bad frame
+        except Exception as exc:  # never drop a connection for one bad frame
+            if (unavailable := database_unavailable(exc)) is not None:
+                log.warning("database unavailable (%s): %s", item.type, type(exc).__name__)
+                conn.send(error_frame(unavailable, item.id))
+                continue
             log.exception("frame handler crashed (%s)", item.type)
             conn.send(error_frame(ApiError(500, ErrorCode.INTERNAL, "internal error"), item.id))
 
@@ -148,10 +153,17 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
     services: Services = request.app.ctx.services
     try:
         user = await _authenticate_socket(services, request, ws)
-    except ApiError as err:
+    except Exception as exc:
+        close_code = CLOSE_AUTH_FAILED
+        if (unavailable := database_unavailable(exc)) is not None:
+            err, close_code = unavailable, CLOSE_TRY_AGAIN_LATER
+        elif isinstance(exc, ApiError):
+            err = exc
+        else:
+            raise
         with contextlib.suppress(Exception):
             await ws.send(encode(error_frame(err, None)))
-            await ws.close(code=CLOSE_AUTH_FAILED, reason=err.code.value)
+            await ws.close(code=close_code, reason=err.code.value)
         return
     conn = Connection(
         ws=ws,
