@@ -13,8 +13,8 @@ from halochat.db.embedded import DataDirInUse, EmbeddedMongo
 log = logging.getLogger("halochat")
 
 # Exit statuses of `python -m halochat serve` besides 0 (docs/operations.md).
-EXIT_DATA_DIR_IN_USE = 3  # another halochat process owns the embedded database
-EXIT_DATABASE_LOST = 4  # the embedded database kept dying: restart the whole server
+EXIT_DATA_DIR_IN_USE = 3  # refused to start: another halochat process owns the embedded DB
+EXIT_DATABASE_LOST = 5  # the embedded database kept dying: restart the whole server
 
 
 @contextlib.contextmanager
