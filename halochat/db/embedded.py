@@ -170,13 +170,29 @@ class EmbeddedMongo:
             "HALOCHAT_DATA_DIR (or a MONGODB_URI)"
         )
 
+    def _orphan_pid(self) -> int | None:
+        """The pid of a child left by a previous owner that is still running, if any:
+        recorded in server.json and, where /proc tells, running this module (a pid reused by
+        something else does not count); elsewhere, one that answers a ping."""
+        try:
+            pid = int(json.loads(self.state_path.read_text()).get("pid", 0))
+        except (FileNotFoundError, ValueError, AttributeError):
+            return None
+        if pid <= 0 or not _pid_alive(pid):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            return None if (live := self._live_server()) is None else live[1]
+        except OSError:
+            return None
+        return pid if b"halochat.db.embedded" in cmdline else None
+
     def _wait_orphan_gone(self) -> None:
-        """A child whose owner just died exits at stdin EOF; wait for it (never two
-        servers on one SQLite file). Only a pid that answers as a server counts."""
-        live = self._live_server()
-        if live is None:
+        """A child whose owner just died exits at stdin EOF (once its current operation is
+        done); wait for it, so that two servers never open the SQLite file at once."""
+        if (pid := self._orphan_pid()) is None:
             return
-        _, pid = live
         deadline = time.monotonic() + ORPHAN_EXIT_TIMEOUT
         while _pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -184,6 +200,9 @@ class EmbeddedMongo:
             log.warning("embedded database pid %s outlived its owner; stopping it", pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + ORPHAN_EXIT_TIMEOUT
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
