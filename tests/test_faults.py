@@ -17,9 +17,12 @@ import httpx
 import pytest
 from bson import ObjectId
 from pymongo import MongoClient
+from pymongo.errors import AutoReconnect
 
 from halochat.auth import issue_token
 from halochat.db.embedded import STATE_FILE, EmbeddedMongo
+from halochat.documents.common import utcnow
+from halochat.jobs.timers import TimerKind, Timers
 from halochat.server import EXIT_DATA_DIR_IN_USE
 from tests.conftest import FAST_ENV, ServerFactory
 from tests.support.clients import Actor, WsClient, api
@@ -207,6 +210,45 @@ async def test_deadlines_during_a_database_outage_fire_once_it_is_back(
     stored = list(server.db["messages"].find({"session_id": ObjectId(a["id"])}))
     assert [m["client_msg_id"] for m in stored] == ["a-1"]
     await ws_a.close()
+
+
+async def test_a_failing_timer_is_retried_but_never_replaces_a_newer_one() -> None:
+    """The retry machinery itself (halochat/jobs/timers.py), in this process."""
+    timers = Timers()
+    timers.start()
+    try:
+        calls: list[str] = []
+
+        async def flaky() -> None:  # the database is back at the third attempt
+            calls.append("flaky")
+            if len(calls) < 3:
+                raise AutoReconnect("connection refused")
+
+        timers.at("s1", TimerKind.EXPIRY, utcnow(), flaky)
+        await wait_until("three attempts", lambda: len(calls) == 3, 10)  # 0.5 s + 1 s backoff
+        await asyncio.sleep(0.2)
+        assert len(calls) == 3 and timers.scheduler.get_job("s1:expiry") is None  # done
+
+        # A job that fails after a later deadline was armed under its id leaves that alone.
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def stale() -> None:
+            started.set()
+            await release.wait()
+            raise AutoReconnect("connection refused")
+
+        async def later() -> None:
+            pass
+
+        timers.at("s2", TimerKind.GRACE, utcnow(), stale)
+        await asyncio.wait_for(started.wait(), 5)
+        timers.at("s2", TimerKind.GRACE, utcnow() + timedelta(seconds=60), later)
+        release.set()
+        await asyncio.sleep(0.2)
+        job = timers.scheduler.get_job("s2:grace")
+        assert job is not None and job.next_run_time > utcnow() + timedelta(seconds=50)
+    finally:
+        timers.shutdown()
 
 
 # --- the embedded database: supervision and ownership -------------------------------------

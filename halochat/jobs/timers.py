@@ -98,8 +98,10 @@ class Timers:
                     type(exc).__name__,
                     delay,
                 )
-            else:
+            elif attempt == 0:  # a bug: its traceback once, then one line per retry
                 log.exception("timer %s failed; retrying in %.1f s", id_, delay)
+            else:
+                log.error("timer %s failed again (%r); retrying in %.1f s", id_, exc, delay)
             # A one-shot job leaves the scheduler when it starts: a job under this id now was
             # armed meanwhile (a later deadline of the session) and supersedes this retry.
             if self.scheduler.running and self.scheduler.get_job(id_) is None:
