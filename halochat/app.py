@@ -1,5 +1,7 @@
 """The app factory: create_app(settings) is used by the server, the tests and the scripts."""
 
+import asyncio
+import contextlib
 import logging
 
 from sanic import Blueprint, Request, Sanic
@@ -15,6 +17,7 @@ from halochat.db.connect import init_db, make_client
 from halochat.documents import ChatSession
 from halochat.domain import recovery
 from halochat.domain.app_config import ensure_config
+from halochat.domain.sweeper import run_sweeper
 from halochat.errors import install_error_handler
 from halochat.jobs.timers import Timers
 from halochat.observability import logs, metrics, timeline
@@ -82,7 +85,9 @@ def create_app(settings: Settings | None = None) -> Sanic:
     async def start_services(app: Sanic) -> None:
         if settings.auth_mode == AuthMode.FIREBASE:
             firebase_auth_app(settings)  # made once, before the first token arrives
-        client = make_client(settings.mongodb_uri, [metrics.DbCommandListener()])
+        client = make_client(
+            settings.mongodb_uri, settings.db_timeout_seconds, [metrics.DbCommandListener()]
+        )
         await init_db(client, settings.db_name)
         # First: alone on this database (or refuse, StartRefused) before any other write.
         app.ctx.membership = Membership(settings, on_lost=app.stop)
@@ -102,10 +107,15 @@ def create_app(settings: Settings | None = None) -> Sanic:
         metrics.bind(lambda: services.hub.socket_count, count_sessions_by_state)
         services.timers.start()
         await recovery.recover(services)
+        # Fires deadlines the timers missed (a database outage, a lost process).
+        app.ctx.sweeper = asyncio.create_task(run_sweeper(services), name="sweeper")
 
     @app.before_server_stop
     async def stop_services(app: Sanic) -> None:
         services: Services = app.ctx.services
+        app.ctx.sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await app.ctx.sweeper
         services.timers.shutdown()
         await services.hub.close_all()
         await services.message_writer.aclose()

@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     lease_heartbeat_seconds: float = Field(default=5.0, gt=0)
     lease_ttl_seconds: float = Field(default=15.0, gt=0)
 
+    # Faults (docs/operations.md "Faults and recovery"). db_timeout_seconds: how long a
+    # database call waits for an unreachable database before answering 503.
+    # sweep_interval_seconds: how often overdue session deadlines are swept.
+    # embedded_restart_delay_seconds: wait before restarting a dead embedded database child.
+    db_timeout_seconds: float = 3.0
+    sweep_interval_seconds: float = 5.0
+    embedded_restart_delay_seconds: float = 0.5
+
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> "Settings":
         # A live process must renew its lease at least twice within the TTL.

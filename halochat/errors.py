@@ -5,7 +5,7 @@ import logging
 from typing import Any
 
 from pydantic import ValidationError
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.handlers import ErrorHandler
@@ -79,6 +79,16 @@ def duplicate_key(exc: DuplicateKeyError) -> ApiError:
     return conflict("conflicts with existing data", ErrorCode.DUPLICATE, {"fields": fields})
 
 
+def database_unavailable(exc: BaseException) -> ApiError | None:
+    """503 service_unavailable when `exc` says the database could not be reached in time
+    (pymongo's ConnectionFailure family: ServerSelectionTimeoutError, AutoReconnect,
+    NetworkTimeout, ...; or any operation that ran out of its time limit); else None.
+    Nothing was acknowledged, so the client may retry the same request."""
+    if isinstance(exc, ConnectionFailure) or (isinstance(exc, PyMongoError) and exc.timeout):
+        return ApiError(503, ErrorCode.UNAVAILABLE, "the database is unavailable; retry shortly")
+    return None
+
+
 _SANIC_STATUS_CODES: dict[int, ErrorCode] = {
     400: ErrorCode.BAD_REQUEST,
     401: ErrorCode.AUTH_REQUIRED,
@@ -105,6 +115,14 @@ class JsonErrorHandler(ErrorHandler):
             return error_response(validation_error(exception))
         if isinstance(exception, DuplicateKeyError):
             return error_response(duplicate_key(exception))
+        if (unavailable := database_unavailable(exception)) is not None:
+            log.warning(
+                "database unavailable on %s %s: %s",
+                request.method,
+                request.path,
+                type(exception).__name__,
+            )
+            return error_response(unavailable)
         if isinstance(exception, SanicException) and exception.status_code < 500:
             status = exception.status_code
             code = _SANIC_STATUS_CODES.get(status, ErrorCode.BAD_REQUEST)

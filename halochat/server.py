@@ -2,35 +2,56 @@
 
 import contextlib
 import logging
+import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from urllib.parse import unquote_plus
 
-from halochat.app import create_app
 from halochat.cluster.membership import ExitCode, StartRefused
 from halochat.config import Settings
+from halochat.db.embedded import DataDirInUse, EmbeddedMongo
 from halochat.observability import logs
 from halochat.settings_check import UnsafeSettings, check_settings
 
 log = logging.getLogger("halochat")
 
+# Exit statuses of `python -m halochat serve` besides 0 (docs/operations.md).
+EXIT_DATA_DIR_IN_USE = 3  # refused to start: another halochat process owns the embedded DB
+EXIT_DATABASE_LOST = 5  # the embedded database kept dying: restart the whole server
+
 
 @contextlib.contextmanager
-def database_uri(settings: Settings) -> Iterator[Settings]:
-    """Yields settings with a MongoDB URI: the configured one, or an embedded server's."""
+def resolve_database(
+    settings: Settings, *, server: bool = False
+) -> Iterator[tuple[Settings, EmbeddedMongo | None]]:
+    """Yields settings with a MongoDB URI (the configured one, or an embedded server's) and
+    the EmbeddedMongo behind it, if any. `server`: this process must own the data directory
+    (DataDirInUse otherwise); else (the scripts) an owner's live server is used."""
     if settings.mongodb_uri:
-        yield settings
+        yield settings, None
         return
-    from halochat.db.embedded import EmbeddedMongo
-
-    db = EmbeddedMongo(settings.data_dir / "db")
+    db = EmbeddedMongo(
+        settings.data_dir / "db",
+        exclusive=server,
+        restart_delay=settings.embedded_restart_delay_seconds,
+    )
     uri = db.start()
     log.info("embedded MongoDB-wire database at %s (data in %s)", uri, settings.data_dir / "db")
     try:
-        yield settings.model_copy(update={"mongodb_uri": uri})
+        yield settings.model_copy(update={"mongodb_uri": uri}), db
     finally:
         db.stop()
+
+
+@contextlib.contextmanager
+def database_uri(settings: Settings) -> Iterator[Settings]:
+    """For the scripts: settings with a MongoDB URI (a running server's embedded database
+    is shared, see resolve_database)."""
+    with resolve_database(settings) as (resolved, _):
+        yield resolved
 
 
 # A query parameter in a logged URL: `?name=value` or `&name=value`.
@@ -89,19 +110,32 @@ def serve(settings: Settings | None = None) -> None:
     except UnsafeSettings as exc:
         log.critical("refusing to start: %s", exc)
         sys.exit(2)
-    with database_uri(settings) as resolved:
-        app = create_app(resolved)
-        _configure_logging(resolved)  # again: the Sanic app installed its loggers
-        log.info("serving on http://%s:%s (OpenAPI at /docs)", resolved.host, resolved.port)
-        if resolved.playground:
-            log.info(
-                "playground at http://%s:%s/playground (paste the admin token the seed printed)",
-                resolved.host,
-                resolved.port,
-            )
-        # One process: the WebSocket hub and timers are in-process state, and a lease in the
-        # database keeps any other process off it (docs/scaling.md).
-        try:
+    database_lost = threading.Event()
+
+    def give_up() -> None:  # from the supervisor thread: stop serving, then exit non-zero
+        database_lost.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        with resolve_database(settings, server=True) as (resolved, embedded):
+            # Imported once the data directory is ours: a refused start is quick.
+            from halochat.app import create_app
+
+            app = create_app(resolved)
+            _configure_logging(resolved)  # again: the Sanic app installed its loggers
+            app.ctx.embedded_db = embedded  # /healthz reports whether its child runs
+            if embedded is not None:
+                embedded.supervise(give_up)
+            log.info("serving on http://%s:%s (OpenAPI at /docs)", resolved.host, resolved.port)
+            if resolved.playground:
+                log.info(
+                    "playground at http://%s:%s/playground (paste the admin token the seed "
+                    "printed)",
+                    resolved.host,
+                    resolved.port,
+                )
+            # One process: the WebSocket hub and timers are in-process state, and a lease in
+            # the database keeps any other process off it (docs/scaling.md).
             app.run(
                 host=resolved.host,
                 port=resolved.port,
@@ -109,8 +143,14 @@ def serve(settings: Settings | None = None) -> None:
                 access_log=resolved.access_log,
                 motd=False,
             )
-        except StartRefused as refused:
-            log.critical("%s", refused)
-            sys.exit(refused.exit_code)
-        if app.ctx.membership.lost:
-            sys.exit(ExitCode.LEASE_LOST)
+    except DataDirInUse as exc:
+        log.error("not starting: %s", exc)
+        raise SystemExit(EXIT_DATA_DIR_IN_USE) from None
+    except StartRefused as refused:
+        log.critical("%s", refused)
+        raise SystemExit(refused.exit_code) from None
+    if database_lost.is_set():
+        log.critical("exiting: the embedded database could not be kept running")
+        raise SystemExit(EXIT_DATABASE_LOST)
+    if app.ctx.membership.lost:
+        raise SystemExit(ExitCode.LEASE_LOST)

@@ -136,6 +136,11 @@ async def test_full_paid_session(server: ServerProcess) -> None:
         second_end = c_res["data"]["ends_at"]
         assert second_end > first_end
         assert c_res["data"]["session"]["grace_deadline"] is None
+        # The live session took the new ends_at: sending works again, past the first one.
+        resumed = await cws.request(
+            "message.send", {"session_id": sid, "client_msg_id": "after-ext", "body": "lanjut"}
+        )
+        assert resumed["type"] == "ack", resumed
 
         # A second answer to the same request changes nothing.
         before = stored(server, sid)

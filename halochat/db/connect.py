@@ -7,13 +7,26 @@ from pymongo import AsyncMongoClient, monitoring
 
 from halochat.documents import ALL_DOCUMENTS
 
+# A socket that stays silent this long is given up (a hung, not a refused, database).
+SOCKET_TIMEOUT_SECONDS = 30.0
+
 
 def make_client(
-    uri: str, event_listeners: Sequence[monitoring.CommandListener] = ()
+    uri: str,
+    timeout_seconds: float = 10.0,
+    event_listeners: Sequence[monitoring.CommandListener] = (),
 ) -> AsyncMongoClient:
-    # tz_aware: datetimes come back UTC-aware, matching what we store.
+    """tz_aware: datetimes come back UTC-aware, matching what we store. `timeout_seconds`
+    bounds server selection and connecting, so a call to an unreachable database fails with
+    ServerSelectionTimeoutError (answered 503, halochat/errors.py) instead of hanging."""
+    timeout_ms = max(1, int(timeout_seconds * 1000))
     return AsyncMongoClient(
-        uri, tz_aware=True, serverSelectionTimeoutMS=10_000, event_listeners=event_listeners
+        uri,
+        tz_aware=True,
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        socketTimeoutMS=int(max(SOCKET_TIMEOUT_SECONDS, timeout_seconds) * 1000),
+        event_listeners=event_listeners,
     )
 
 

@@ -109,7 +109,11 @@ class ChatSession(Document):
             IndexModel([("open_customer_id", ASCENDING)], unique=True, sparse=True),
             IndexModel([("customer_id", ASCENDING), ("state", ASCENDING)]),
             IndexModel([("mitra_id", ASCENDING), ("state", ASCENDING)]),
-            IndexModel([("state", ASCENDING)]),
+            # The sweeper's overdue queries (halochat/domain/sweeper.py), one per deadline;
+            # (state, ends_at) also serves queries on state alone.
+            IndexModel([("state", ASCENDING), ("ends_at", ASCENDING)]),
+            IndexModel([("state", ASCENDING), ("grace_deadline", ASCENDING)]),
+            IndexModel([("state", ASCENDING), ("pairing_deadline", ASCENDING)]),
             IndexModel([("customer_id", ASCENDING), ("completed_at", DESCENDING)]),
             IndexModel([("mitra_id", ASCENDING), ("completed_at", DESCENDING)]),
             IndexModel([("completed_at", ASCENDING)]),

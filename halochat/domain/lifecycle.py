@@ -90,31 +90,23 @@ async def on_session_active(services: Services, session: ChatSession) -> None:
     arm_active_timers(services, session)
 
 
-# Timer entry points: they only call the timed steps below (and log, since APScheduler would
-# otherwise swallow a failure into its own log line).
+# Timer entry points: they only call the timed steps below. A step that raises is retried
+# with backoff by halochat/jobs/timers.py, and halochat/domain/sweeper.py catches any
+# deadline left overdue, so no failure is swallowed here.
 
 
 async def warning_job(
     services: Services, session_id: PydanticObjectId, ends_at: datetime | None = None
 ) -> None:
-    try:
-        await send_warning(services, session_id, ends_at)
-    except Exception:
-        log.exception("warning job failed for session %s", session_id)
+    await send_warning(services, session_id, ends_at)
 
 
 async def expiry_job(services: Services, session_id: PydanticObjectId) -> None:
-    try:
-        await expire(services, session_id)
-    except Exception:
-        log.exception("expiry job failed for session %s", session_id)
+    await expire(services, session_id)
 
 
 async def grace_job(services: Services, session_id: PydanticObjectId) -> None:
-    try:
-        await complete_after_grace(services, session_id)
-    except Exception:
-        log.exception("grace job failed for session %s", session_id)
+    await complete_after_grace(services, session_id)
 
 
 async def send_warning(

@@ -12,10 +12,14 @@ runs and lets a chat message cost one database write (its insert) instead of two
   repaired from the stored messages at start-up after a crash. So whenever no LiveSession
   exists, the stored `last_seq` is exact; while one exists, `current_last_seq` is the truth.
 - Leaving ACTIVE drops the LiveSession, so the next send reloads the state and is refused.
+- It also holds `ends_at`, so a send after the paid time is refused before the expiry
+  transition has landed (the database may be down, the timer retrying); re-entering ACTIVE
+  with an accepted extension brings the later `ends_at`.
 """
 
 import asyncio
 from dataclasses import dataclass
+from datetime import datetime
 from weakref import WeakValueDictionary
 
 from beanie import PydanticObjectId
@@ -43,6 +47,11 @@ class LiveSession:
     customer_name: str
     mitra_name: str
     last_seq: int
+    ends_at: datetime
+
+    def time_up(self, now: datetime) -> bool:
+        """The paid time is over, whether or not the session has been expired yet."""
+        return now >= self.ends_at
 
     def party_id(self, role: Role) -> PydanticObjectId:
         return self.customer_id if role == Role.CUSTOMER else self.mitra_id
@@ -61,10 +70,16 @@ def get(session_id: PydanticObjectId) -> LiveSession | None:
 def remember(session: ChatSession) -> LiveSession | None:
     """A session that just entered ACTIVE (or is ACTIVE at start-up, after the seq repair):
     its stored last_seq is exact, so its first send needs no read. An entry a concurrent
-    send already loaded is kept (it may be ahead). None unless the session is ACTIVE."""
-    if session.id is None or session.state != SessionState.ACTIVE or session.mitra_id is None:
+    send already loaded is kept (it may be ahead), its ends_at moved to the later one.
+    None unless the session is ACTIVE."""
+    if (
+        session.id is None
+        or session.state != SessionState.ACTIVE
+        or session.mitra_id is None
+        or session.ends_at is None
+    ):
         return None
-    return _live.setdefault(
+    live = _live.setdefault(
         session.id,
         LiveSession(
             id=session.id,
@@ -73,8 +88,11 @@ def remember(session: ChatSession) -> LiveSession | None:
             customer_name=session.customer_name or "",
             mitra_name=session.mitra_name or "",
             last_seq=session.last_seq,
+            ends_at=session.ends_at,
         ),
     )
+    live.ends_at = max(live.ends_at, session.ends_at)
+    return live
 
 
 async def load(session_id: PydanticObjectId) -> LiveSession | None:

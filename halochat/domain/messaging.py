@@ -119,6 +119,17 @@ def preview(body: str) -> str:
     return body if len(body) <= PREVIEW_CHARS else body[: PREVIEW_CHARS - 1] + "…"
 
 
+def time_up(live: LiveSession) -> ApiError:
+    """A send after ends_at while the expiry transition is still pending (its timer or the
+    sweeper will land it): refused as if it had landed, without reading the database."""
+    return ApiError(
+        409,
+        ErrorCode.INVALID_STATE,
+        "cannot send messages: the session's time is up",
+        {"state": SessionState.EXPIRED.value, "ends_at": live.ends_at.isoformat()},
+    )
+
+
 async def _why_refused(who: Sender, session_id: PydanticObjectId, action: str) -> ApiError:
     """After a conditional update matched nothing: 404 for non-parties, else 409 + state."""
     session = await load_session(session_id)
@@ -186,6 +197,8 @@ async def _store_and_deliver(
             if live is None and (stored := await _stored(session_id, client_msg_id)):
                 return await _retried(who, session_id, stored)
             raise await _why_refused(who, session_id, "send messages")
+        if live.time_up(utcnow()):
+            raise time_up(live)
         message = await _insert_next(services, live, who, client_msg_id, body)
         if isinstance(message, SendResult):
             return message

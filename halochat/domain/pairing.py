@@ -469,15 +469,20 @@ async def get_session(user: User, session_id: PydanticObjectId) -> tuple[ChatSes
 # --- restart recovery --------------------------------------------------------------------
 
 
+async def reconcile_pairing(services: Services, session: ChatSession) -> None:
+    """Brings one PAIRING session in line with the clock (start-up recovery and the sweeper):
+    past its deadline it fails, else its timeout timer is (re)armed."""
+    deadline = session.pairing_deadline
+    if deadline is None or deadline <= utcnow():
+        await pairing_timeout(services, session.id)
+    else:
+        arm_pairing_timer(services, session)
+
+
 async def recover_pairing(services: Services) -> None:
     """Start-up: fail PAIRING sessions past their deadline, re-arm the others' timeouts."""
-    now = utcnow()
     sessions = await ChatSession.find({"state": SessionState.PAIRING.value}).to_list()
     for session in sessions:
-        deadline = session.pairing_deadline
-        if deadline is None or deadline <= now:
-            await pairing_timeout(services, session.id)
-        else:
-            arm_pairing_timer(services, session)
+        await reconcile_pairing(services, session)
     if sessions:
         log.info("recovered %d pairing session(s)", len(sessions))

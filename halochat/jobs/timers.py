@@ -2,12 +2,17 @@
 
 Timers are an optimisation: jobs only call domain transitions, which are conditional updates,
 so a job that fires twice, late, or in two processes changes the session once. Jobs are kept
-in memory; after a restart the recovery pass rebuilds them from the session documents.
+in memory; after a restart the recovery pass rebuilds them from the session documents, and
+the sweeper (halochat/domain/sweeper.py) fires any deadline a timer missed.
+
+A job that raises (the database unreachable, say) is retried with backoff under the same id
+until it returns: the domain steps check the clock and the state themselves, so "done" and
+"no longer due" both simply return.
 """
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -16,9 +21,14 @@ from apscheduler.triggers.date import DateTrigger
 
 from halochat.constants import TimelineKind
 from halochat.documents.common import utcnow
+from halochat.errors import database_unavailable
 from halochat.observability import logs, metrics, timeline
 
 log = logging.getLogger(__name__)
+
+# Backoff of a failed job's retries: first, doubling up to the cap (seconds).
+RETRY_FIRST_DELAY = 0.5
+RETRY_MAX_DELAY = 5.0
 
 
 class TimerKind(StrEnum):
@@ -56,14 +66,52 @@ class Timers:
         func: Callable[..., Awaitable[Any]],
         *args: Any,
     ) -> None:
-        """(Re)schedules the session's timer of this kind; a past `when` runs at once."""
+        """(Re)schedules the session's timer of this kind; a past `when` runs at once. Every
+        attempt (a retry too) goes through `fire`, which measures and records it."""
+        self._schedule(
+            job_id(session_id, kind), when, fire, (session_id, kind, when, func, *args), 0
+        )
+
+    def _schedule(
+        self,
+        id_: str,
+        when: datetime,
+        func: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        attempt: int,
+    ) -> None:
         self.scheduler.add_job(
-            fire,
+            self._run,
             DateTrigger(run_date=max(when, utcnow())),
-            id=job_id(session_id, kind),
-            args=[session_id, kind, when, func, *args],
+            id=id_,
+            name=f"{getattr(func, '__name__', 'job')} {id_}",
+            args=[id_, func, args, attempt],
             replace_existing=True,
         )
+
+    async def _run(
+        self, id_: str, func: Callable[..., Awaitable[Any]], args: tuple[Any, ...], attempt: int
+    ) -> None:
+        try:
+            await func(*args)
+        except Exception as exc:
+            delay = min(RETRY_FIRST_DELAY * 2**attempt, RETRY_MAX_DELAY)
+            if database_unavailable(exc) is not None:
+                log.warning(
+                    "timer %s failed: database unavailable (%s); retrying in %.1f s",
+                    id_,
+                    type(exc).__name__,
+                    delay,
+                )
+            elif attempt == 0:  # a bug: its traceback once, then one line per retry
+                log.exception("timer %s failed; retrying in %.1f s", id_, delay)
+            else:
+                log.error("timer %s failed again (%r); retrying in %.1f s", id_, exc, delay)
+            # A one-shot job leaves the scheduler when it starts: a job under this id now was
+            # armed meanwhile (a later deadline of the session) and supersedes this retry.
+            if self.scheduler.running and self.scheduler.get_job(id_) is None:
+                when = utcnow() + timedelta(seconds=delay)
+                self._schedule(id_, when, func, args, attempt + 1)
 
     def cancel(self, session_id: object, *kinds: TimerKind) -> None:
         for kind in kinds or tuple(TimerKind):

@@ -1,3 +1,11 @@
+"""Health endpoints (docs/operations.md "Health endpoints").
+
+/healthz (liveness): the process's own parts run: the timers, the sweeper and, with the
+embedded database, its child process. /readyz (readiness): the database answers a ping.
+"""
+
+from typing import Any
+
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 from sanic_ext import openapi
@@ -8,15 +16,51 @@ from halochat.routes.common import json_response
 
 bp = Blueprint("health")
 
+OK, DOWN, NOT_USED = "ok", "down", "not_used"
+
+
+def liveness_checks(ctx: Any) -> dict[str, str]:
+    """What the process runs by itself, each "ok" or "down" ("not_used": no embedded DB)."""
+    services = getattr(ctx, "services", None)
+    sweeper = getattr(ctx, "sweeper", None)
+    embedded = getattr(ctx, "embedded_db", None)
+    return {
+        "timers": OK if services is not None and services.timers.scheduler.running else DOWN,
+        "sweeper": OK if sweeper is not None and not sweeper.done() else DOWN,
+        "embedded_database": NOT_USED if embedded is None else OK if embedded.alive else DOWN,
+    }
+
 
 @bp.get("/healthz")
-@openapi.summary("Liveness: the process serves HTTP")
+@openapi.summary("Liveness: the timers, the sweeper and the embedded database child run")
+@openapi.description(
+    "200 `{status: ok, checks}` when every check is `ok` (or `not_used`); 503 "
+    "`service_unavailable` with `details.checks` naming what is `down` (e.g. the embedded "
+    "database child died and is being restarted). Does not touch the database: /readyz does."
+)
 async def healthz(request: Request) -> HTTPResponse:
-    return json_response({"status": "ok"})
+    checks = liveness_checks(request.app.ctx)
+    if DOWN not in checks.values():
+        return json_response({"status": "ok", "checks": checks})
+    down = ", ".join(name for name, state in checks.items() if state == DOWN)
+    return json_response(
+        {
+            "error": {
+                "code": ErrorCode.UNAVAILABLE.value,
+                "message": f"not live: {down}",
+                "details": {"checks": checks},
+            }
+        },
+        status=503,
+    )
 
 
 @bp.get("/readyz")
 @openapi.summary("Readiness: the database answers")
+@openapi.description(
+    "200 when a ping reaches the database within HALOCHAT_DB_TIMEOUT_SECONDS; else 503 "
+    "`service_unavailable`."
+)
 async def readyz(request: Request) -> HTTPResponse:
     if await ping(request.app.ctx.services.client):
         return json_response({"status": "ready", "database": "ok"})

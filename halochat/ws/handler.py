@@ -22,7 +22,7 @@ from halochat.auth import (
     ws_close_code,
 )
 from halochat.constants import ClientFrame, ErrorCode, ServerFrame
-from halochat.errors import ApiError, duplicate_key, validation_error
+from halochat.errors import ApiError, database_unavailable, duplicate_key, validation_error
 from halochat.json_input import load_object
 from halochat.observability import logs, metrics
 from halochat.services import Services
@@ -159,7 +159,11 @@ async def _work(
             await _dispatch(services, conn, item)
         except DuplicateKeyError as exc:  # as over HTTP (halochat/errors.py)
             conn.send(error_frame(duplicate_key(exc), item.id))
-        except Exception:  # never drop a connection for one bad frame
+        except Exception as exc:  # never drop a connection for one bad frame
+            if (unavailable := database_unavailable(exc)) is not None:
+                log.warning("database unavailable (%s): %s", item.type, type(exc).__name__)
+                conn.send(error_frame(unavailable, item.id))
+                continue
             log.exception("frame handler crashed (%s)", item.type)
             conn.send(error_frame(ApiError(500, ErrorCode.INTERNAL, "internal error"), item.id))
 
@@ -181,7 +185,13 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
     logs.conn_id.set(logs.new_id())
     try:
         identity = await _authenticate_socket(services, request, ws)
-    except ApiError as err:
+    except Exception as exc:
+        if (unavailable := database_unavailable(exc)) is not None:
+            err = unavailable  # a 503: ws_close_code answers 1013, keep the token
+        elif isinstance(exc, ApiError):
+            err = exc
+        else:
+            raise
         with contextlib.suppress(Exception):
             await ws.send(encode(error_frame(err, None)))
             await ws.close(code=ws_close_code(err), reason=err.code.value)

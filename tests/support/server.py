@@ -27,7 +27,8 @@ class ServerProcess:
     """One halochat server. `env` overrides HALOCHAT_* settings (timings, limits, ...).
 
     With `mongodb_uri` it uses that database (shared by the test session); without it, the
-    server starts its own embedded database under `data_dir`, as `make run` does.
+    server starts its own embedded database under `data_dir`, as `make run` does. `db_uri`:
+    the tests' own direct access goes there instead (the server's may pass a cuttable proxy).
 
     `test_tiers`: once started on a shared database, the developer test tiers (`test-1m`) are
     added to its configuration, as `halochat seed` does for a developer; the server's own
@@ -42,10 +43,12 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         db_name: str | None = None,
         test_tiers: bool = True,
+        db_uri: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.mongodb_uri = mongodb_uri
+        self.db_uri = db_uri or mongodb_uri
         self.db_name = db_name or f"t_{uuid.uuid4().hex[:12]}"
         self.port = free_port()
         self.extra_env = env or {}
@@ -125,9 +128,9 @@ class ServerProcess:
     @property
     def db(self) -> Any:
         if self._db_client is None:
-            if not self.mongodb_uri:
+            if not self.db_uri:
                 raise RuntimeError("direct DB access needs a shared mongodb_uri")
-            self._db_client = MongoClient(self.mongodb_uri, tz_aware=True)
+            self._db_client = MongoClient(self.db_uri, tz_aware=True)
         return self._db_client[self.db_name]
 
     def settings(self) -> Settings:
