@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> Sanic:
         services = Services(
             settings=settings,
             client=client,
-            hub=Hub(),
+            hub=Hub(settings.ws_outbound_max_bytes, settings.ws_max_sockets_per_user),
             push=PushService(settings),
             timers=Timers(),
         )

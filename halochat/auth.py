@@ -19,6 +19,9 @@ from halochat.constants import AuthMode, ErrorCode, Role
 from halochat.documents import User
 from halochat.documents.common import utcnow
 from halochat.errors import ApiError
+from halochat.rate_limits import Action
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def _unauthorized(code: ErrorCode, message: str) -> ApiError:
@@ -104,6 +107,8 @@ def authenticated(*roles: Role) -> Callable[[Handler], Handler]:
                 allowed = ", ".join(r.value for r in roles)
                 raise ApiError(403, ErrorCode.WRONG_ROLE, f"only {allowed} may do this")
             request.ctx.user = user
+            if request.method in WRITE_METHODS:  # per-user limit (halochat/rate_limits.py)
+                await request.app.ctx.services.rate_limits.hit(Action.HTTP_WRITE, user.id)
             return await handler(request, *args, **kwargs)
 
         return wrapper
