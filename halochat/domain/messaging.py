@@ -470,6 +470,23 @@ def plan_hello(sessions: dict[str, int]) -> HelloPlan:
     return HelloPlan(wanted, errors)
 
 
+IDS_PER_QUERY = 200  # the embedded store refuses an $in of 500 ids ("expression tree")
+
+
+async def _find_by_ids(
+    ids: list[PydanticObjectId],
+    query: dict[str, Any],
+    projection: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Sessions among `ids` matching `query`: one query per IDS_PER_QUERY ids."""
+    coll = ChatSession.get_pymongo_collection()
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(ids), IDS_PER_QUERY):
+        chunk = ids[start : start + IDS_PER_QUERY]
+        found += await coll.find({"_id": {"$in": chunk}, **query}, projection).to_list(None)
+    return found
+
+
 async def resync(conn: Connection, plan: HelloPlan, send_ack: Callable[[], None]) -> None:
     """hello: ack, `sync` (open + listed sessions, watermarks, errors), then each listed
     session's missed messages in seq order. The listed sessions' locks are held throughout,
@@ -478,10 +495,7 @@ async def resync(conn: Connection, plan: HelloPlan, send_ack: Callable[[], None]
     party = {"customer_id" if who.role == Role.CUSTOMER else "mitra_id": who.id}
     # Which listed sessions are the caller's, in one query BEFORE taking any lock: listing
     # someone else's session ids must not stall their chat (it only yields errors).
-    own = await ChatSession.get_pymongo_collection().find(
-        {"_id": {"$in": list(plan.wanted)}, **party}, projection={"_id": 1}
-    ).to_list(None)
-    own_ids = {doc["_id"] for doc in own}
+    own_ids = {doc["_id"] for doc in await _find_by_ids(list(plan.wanted), party, {"_id": 1})}
     errors = list(plan.errors)
     for session_id in plan.wanted:
         if session_id not in own_ids:
@@ -490,7 +504,9 @@ async def resync(conn: Connection, plan: HelloPlan, send_ack: Callable[[], None]
         for session_id in sorted(own_ids):  # one global order: no deadlock
             await stack.enter_async_context(session_lock(session_id))
         send_ack()
-        listed = await ChatSession.find({"_id": {"$in": list(own_ids)}}).to_list()
+        listed = [
+            ChatSession.model_validate(doc) for doc in await _find_by_ids(list(own_ids), {})
+        ]
         found = {s.id: s for s in listed if s.role_of(who.id) is not None}
         open_sessions = await ChatSession.find(
             {**party, "state": {"$in": [s.value for s in OPEN_STATES]}}
