@@ -97,11 +97,13 @@ class Connection:
 
     def send(self, frame: dict[str, Any]) -> bool:
         """Enqueue a frame; False if the connection is closed. A device whose queued
-        frames would pass max_bytes is disconnected (it resyncs with hello on reconnect)."""
+        frames would pass max_bytes is disconnected (it resyncs with hello on reconnect).
+        One frame is always accepted into an empty queue, so a large answer (a sync of many
+        sessions) cannot lock a device out; the bound is max_bytes plus one frame."""
         if self.closed:
             return False
         text, size = self._enqueue(frame)
-        if self.queued_bytes + size > self.max_bytes:
+        if self.queued_bytes and self.queued_bytes + size > self.max_bytes:
             self.drop("slow")
             return False
         self._out.append((text, size))
