@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -114,6 +115,45 @@ async def test_slow_reader_is_disconnected_and_freed(limited: ServerProcess) -> 
     assert peak <= OUTBOUND_MAX_BYTES + ANSWER_BYTES  # the bound, plus one frame at most
     assert (await load(limited))["queued_bytes"] == 0
     assert "dropping slow connection" in limited.log_tail(400)
+
+
+def server_rss_mb(server: ServerProcess) -> float:
+    assert server.proc is not None
+    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_flooding_client_is_held_back(limited: ServerProcess) -> None:
+    """Clients that send big frames much faster than the server handles them (and read
+    nothing): the server reads only as fast as it handles (TCP backpressure,
+    halochat/ws/read_gate.py) instead of buffering what they sent."""
+    users = [limited.create_user("customer", f"Flood{i}") for i in range(5)]
+    sessions = {f"{i:04d}" + "x" * 100: 0 for i in range(500)}
+    hello = json.dumps({"type": "hello", "id": "f", "data": {"sessions": sessions}})
+    before = server_rss_mb(limited)
+    sent = 0
+
+    async def flood(actor: Any) -> None:
+        nonlocal sent
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(("127.0.0.1", limited.port))
+        conn = await connect(limited.ws_url, sock=raw, additional_headers=actor.headers)
+        try:
+            for _ in range(150):  # 150 x 52 KB = 7.8 MB per socket
+                await asyncio.wait_for(conn.send(hello), 2)
+                sent += 1
+        except (ConnectionClosed, OSError, TimeoutError):
+            pass  # dropped as a slow reader, or held back: either is fine
+        finally:
+            conn.transport.abort()
+
+    await asyncio.gather(*(flood(u) for u in users))
+    growth = server_rss_mb(limited) - before
+    assert sent > 100
+    assert growth < 30, f"server RSS grew {growth:.0f} MB for {sent * len(hello) >> 20} MB sent"
 
 
 async def _sockets_are(server: ServerProcess, count: int) -> bool:

@@ -6,11 +6,13 @@ Bad input gets an error frame and the connection stays open; only auth failures 
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import ValidationError
 from pymongo.errors import DuplicateKeyError
 from sanic import Request, Websocket
+from websockets.exceptions import ConnectionClosedOK
 
 from halochat.auth import authenticate, bearer_token
 from halochat.constants import ClientFrame, ErrorCode, ServerFrame
@@ -21,6 +23,7 @@ from halochat.json_input import load_object
 from halochat.services import Services
 from halochat.ws.hub import Connection, encode
 from halochat.ws.protocol import AppStateIn, ClientEnvelope
+from halochat.ws.read_gate import ReadGate
 from halochat.ws.registry import HANDLERS, AckThen
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,7 @@ CLOSE_AUTH_FAILED = 4401  # private-use close code: the app should refresh its t
 CLOSE_TOO_MANY_SOCKETS = 4429  # the user has settings.ws_max_sockets_per_user sockets open
 INBOX_SIZE = 256  # frames read but not yet handled, per connection
 INBOX_MAX_BYTES = 1024 * 1024  # and their raw size: past either bound -> rate_limited
+READ_STALL_SECONDS = 1.0
 
 _workers: set[asyncio.Task[None]] = set()
 
@@ -135,6 +139,26 @@ async def _dispatch(services: Services, conn: Connection, env: ClientEnvelope) -
     conn.send(ack_frame(env.id, result))
 
 
+async def _frames(ws: Websocket, gate: ReadGate | None) -> AsyncIterator[str | bytes]:
+    """The socket's frames, with TCP backpressure on a client that sends faster than they are
+    read (halochat/ws/read_gate.py)."""
+    while True:
+        try:
+            # With a gate, wake up now and then: if nothing complete is pending while reading
+            # is paused, the gate's count has drifted (control frames) and is reset.
+            text = await ws.recv(READ_STALL_SECONDS if gate is not None else None)
+        except ConnectionClosedOK:
+            return
+        if text is None:
+            if gate is None:
+                return
+            gate.resume(reset=True)
+            continue
+        if gate is not None:
+            gate.consumed(frame_bytes(text))
+        yield text
+
+
 def _too_many() -> ApiError:
     return ApiError(
         429, ErrorCode.RATE_LIMITED, "too many frames awaiting an answer; retry shortly"
@@ -214,7 +238,9 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
     _workers.add(worker)  # a strong reference until it ends (asyncio keeps only weak ones)
     worker.add_done_callback(_workers.discard)
     try:
-        async for text in ws:
+        protocol_max = request.app.config.WEBSOCKET_MAX_SIZE
+        gate = ReadGate.install(ws, high=2 * protocol_max, low=protocol_max + 64)
+        async for text in _frames(ws, gate):
             if conn.closed:  # dropped as too slow: the transport is being aborted
                 break
             item: ClientEnvelope | dict[str, Any]
