@@ -32,7 +32,7 @@ AUTH_FRAME_TIMEOUT = 10.0
 CLOSE_AUTH_FAILED = 4401  # private-use close code: the app should refresh its token
 CLOSE_TOO_MANY_SOCKETS = 4429  # the user has settings.ws_max_sockets_per_user sockets open
 INBOX_SIZE = 256  # frames read but not yet handled, per connection
-INBOX_MAX_BYTES = 1024 * 1024  # and their raw size: past either bound -> rate_limited
+INBOX_MAX_BYTES = 256 * 1024  # and their raw size: past either bound -> rate_limited
 READ_STALL_SECONDS = 1.0
 
 _workers: set[asyncio.Task[None]] = set()
