@@ -85,6 +85,7 @@ class Worker:
         self.ack_waiters: dict[str, asyncio.Future[None]] = {}
         self.acked: list[str] = []
         self.ack_lat: list[float] = []
+        self.answer_lat: dict[str, float] = {}  # cmid -> first answer (ack or error), s
         self.e2e_lat: list[float] = []
         self.received = 0
         self.per_second: Counter[int] = Counter()
@@ -144,6 +145,7 @@ class Worker:
                         continue
                     self.ack_lat.append(now - t)
                     self.acked.append(cmid)
+                    self.answer_lat.setdefault(cmid, now - t)
                     waiter = self.ack_waiters.pop(cmid, None)
                     if waiter is not None and not waiter.done():
                         waiter.set_result(None)
@@ -166,6 +168,11 @@ class Worker:
                 elif kind == "error":
                     err = frame.get("error") or {}
                     self.errors[f"error:{err.get('code')}"] += 1
+                    cmid = frame.get("id")
+                    t = self.sent_at.get(cmid)
+                    if t is not None:
+                        self.answer_lat.setdefault(cmid, now - t)
+                        self.outstanding.discard(cmid)  # refused: nothing to deliver
                     waiter = self.ack_waiters.pop(frame.get("id"), None)
                     if waiter is not None and not waiter.done():
                         waiter.set_result(None)
@@ -249,9 +256,9 @@ class Worker:
         if self.outstanding:
             self.errors["not_delivered"] += len(self.outstanding)
         acked = set(self.acked)
-        not_acked = len(self.sent_at) - len(acked)
-        if not_acked:
-            self.errors["not_acked"] += not_acked
+        unanswered = len(self.sent_at) - len(self.answer_lat)
+        if unanswered:
+            self.errors["unanswered"] += unanswered
         return {
             "sent": len(self.sent_at),
             "acked": len(acked),
@@ -259,6 +266,8 @@ class Worker:
             "in_window": self.in_window,
             "ack_lat": self.ack_lat,
             "e2e_lat": self.e2e_lat,
+            "answer_lat": list(self.answer_lat.values()),
+            "unanswered": unanswered,
             "per_second": dict(self.per_second),
             "errors": dict(self.errors),
             "acked_ids": self.acked if cmd.get("return_ids") else [],
@@ -365,6 +374,7 @@ def merge(parts: list[dict[str, Any]], duration: float) -> dict[str, Any]:
     full_seconds = [per_second.get(s, 0) for s in range(int(duration))]
     e2e = summary([x * 1000 for p in parts for x in p["e2e_lat"]])
     ack = summary([x * 1000 for p in parts for x in p["ack_lat"]])
+    answers = [x for p in parts for x in p["answer_lat"]]
     sent = sum(p["sent"] for p in parts)
     return {
         "sent": sent,
@@ -375,6 +385,10 @@ def merge(parts: list[dict[str, Any]], duration: float) -> dict[str, Any]:
         "min_second": min(full_seconds[1:] or full_seconds or [0]),
         "e2e_ms": e2e,
         "ack_ms": ack,
+        "answer_ms": summary([x * 1000 for x in answers]),
+        "answered_over_1s": sum(1 for x in answers if x > 1.0),
+        "unanswered": sum(p["unanswered"] for p in parts),
+        "refused": sum(v for k, v in errors.items() if k.startswith("error:")),
         "errors": dict(errors),
         "error_count": sum(errors.values()),
         "server_cpu": parts[0]["server_cpu"] if parts else {},
@@ -509,10 +523,17 @@ def run_target(
             )
             sat = merge(sat_parts, args.saturate)
             print(f"[{name}] saturation: {fmt_phase(sat)}", flush=True)
+        offered = args.rate
+        if args.overload:  # a multiple of the capacity just measured (halochat's, reused)
+            if name == "halochat":
+                assert sat is not None, "--overload needs the saturation phase"
+                args.capacity = sat["achieved_rate"]
+            offered = args.overload * args.capacity
+            print(f"[{name}] offering {offered:.0f} msg/s for {args.duration:.0f}s", flush=True)
         rate_parts = pool.run_phase(
             {
                 "mode": "rate",
-                "rate": args.rate / args.workers,
+                "rate": offered / args.workers,
                 "duration": args.duration,
                 "drain": args.drain,
                 "return_ids": True,
@@ -547,6 +568,8 @@ def fmt_phase(p: dict[str, Any]) -> str:
         f"offered {p['offered_rate']:.0f}/s achieved {p['achieved_rate']:.0f}/s "
         f"(slowest second {p['min_second']}) e2e p50 {e['p50']:.1f} p95 {e['p95']:.1f} "
         f"p99 {e['p99']:.1f} max {e['max']:.1f} ms, ack p99 {a['p99']:.1f} ms, "
+        f"answer p99 {p['answer_ms']['p99']:.1f} max {p['answer_ms']['max']:.1f} ms, "
+        f"unanswered {p['unanswered']}, "
         f"errors {p['error_count']} {p['errors'] or ''} cpu: {cpu}"
     )
 
@@ -556,6 +579,9 @@ def halochat_run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         # Sessions must outlive set-up + both phases: one tier minute = 10 real minutes.
         "HALOCHAT_MINUTE_SECONDS": str(args.minute_seconds),
         "HALOCHAT_PAIRING_TIMEOUT_SECONDS": "600",
+        # Set-up makes 2 writes per user as the admin: out of the per-user write limit.
+        "HALOCHAT_HTTP_WRITE_RATE": "1000000/minute",
+        **dict(kv.split("=", 1) for kv in args.env),
     }
     server = HalochatServer(workdir, env).start()
     try:
@@ -667,6 +693,9 @@ def report(h: dict[str, Any], r: dict[str, Any] | None, args: argparse.Namespace
     st = h["storage"]
     print(f"  storage: {st}")
     print("\n== targets ==")
+    if args.overload:
+        report_overload(h, r, args)
+        return
     ok_rate = hr["achieved_rate"] >= 1000 * 0.99 and args.rate >= 1000
     verdict = [
         (f"≥1000 msg/s for {args.duration:.0f}s", ok_rate, f"{hr['achieved_rate']:.0f} msg/s"),
@@ -690,6 +719,145 @@ def report(h: dict[str, Any], r: dict[str, Any] | None, args: argparse.Namespace
         print(f"  [{tag}] {label}: {got}")
 
 
+# ---------------------------------------------------------------- slow readers
+
+
+async def flood_slow_reader(url: str, token: str, seconds: float, hello: str) -> dict[str, int]:
+    """One client that never reads: sends big-answer frames; reconnects when dropped."""
+    import socket
+
+    from websockets.asyncio.client import connect
+
+    sent = drops = 0
+    end = time.monotonic() + seconds
+    host, port = url.split("//", 1)[1].split("/", 1)[0].split(":")
+    while time.monotonic() < end:
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # back the server up fast
+        raw.connect((host, int(port)))
+        try:
+            conn = await connect(
+                url,
+                sock=raw,
+                additional_headers={"Authorization": f"Bearer {token}"},
+                max_queue=1,
+                ping_interval=None,
+                open_timeout=30,
+            )
+        except Exception:
+            raw.close()
+            await asyncio.sleep(0.5)
+            continue
+        try:
+            while time.monotonic() < end:
+                await asyncio.wait_for(conn.send(hello), 5)
+                sent += 1
+                await asyncio.sleep(0.005)
+        except Exception:
+            drops += 1  # the server dropped us: connect again and go on
+        finally:
+            conn.transport.abort()
+    return {"sent": sent, "drops": drops}
+
+
+def slow_readers_main(args: argparse.Namespace) -> None:
+    """N sockets that never read, each flooded for --duration s (default 30) with hello
+    frames listing 500 unknown ids (each answer ~90 KB): server RSS must grow < 50 MB."""
+    env = {
+        "HALOCHAT_HTTP_WRITE_RATE": "1000000/minute",
+        **dict(kv.split("=", 1) for kv in args.env),
+    }
+    duration = args.duration if "--duration" in sys.argv else 30.0
+    settings = Settings(jwt_secret=BENCH_JWT_SECRET)
+    with tempfile.TemporaryDirectory(prefix="halochat-bench-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        server = HalochatServer(workdir, env).start()
+        try:
+            tokens = []
+            with MongoClient(server.mongodb_uri) as client:
+                for i in range(args.slow_readers):
+                    uid = ObjectId()
+                    user = {"_id": uid, "role": "customer", "display_name": f"slow-{i}"}
+                    client[server.db_name]["users"].insert_one(
+                        {**user, "available": False, "disabled": False}
+                    )
+                    tokens.append(issue_token(settings, uid))
+            watch = ProcWatch({"server": server.pid})
+            time.sleep(1.0)
+            before = watch.rss_kb()["server"]
+            sessions = {f"{i:04d}" + "x" * 100: 0 for i in range(500)}
+            hello = orjson.dumps({"type": "hello", "id": "h", "data": {"sessions": sessions}})
+            peak = before
+
+            async def run() -> list[dict[str, int]]:
+                nonlocal peak
+                task = asyncio.gather(
+                    *(flood_slow_reader(server.ws_url, t, duration, hello.decode()) for t in tokens)
+                )
+                while not task.done():
+                    peak = max(peak, watch.rss_kb()["server"])
+                    await asyncio.sleep(0.25)
+                return list(task.result())
+
+            counts = asyncio.run(run())
+            time.sleep(2.0)
+            after = watch.rss_kb()["server"]
+            load = httpx.get(f"{server.base_url}/loadz", timeout=10).json()
+        finally:
+            server.stop()
+    sent = sum(c["sent"] for c in counts)
+    drops = sum(c["drops"] for c in counts)
+    growth = (peak - before) / 1024
+    print("\n== slow readers ==")
+    print(
+        f"  {args.slow_readers} sockets never reading, {duration:.0f} s, {sent} frames sent "
+        f"(answers ~90 KB each), {drops} disconnects by the server"
+    )
+    print(
+        f"  server RSS before {before / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB, "
+        f"after {after / 1024:.1f} MiB; after the run /loadz: {load}"
+    )
+    tag = "PASS" if growth < 50 else "MISS"
+    print(f"  [{tag}] server RSS growth < 50 MB: {growth:.1f} MiB")
+
+
+def report_overload(h: dict[str, Any], r: dict[str, Any] | None, args: argparse.Namespace) -> None:
+    hr, st = h["rate"], h["storage"]
+    capacity = args.capacity
+    goodput = hr["achieved_rate"] / capacity if capacity else float("nan")
+    print(
+        f"  capacity (saturation) {capacity:.0f} msg/s; offered {hr['offered_rate']:.0f} msg/s "
+        f"(x{hr['offered_rate'] / max(capacity, 1e-9):.2f}); refused {hr['refused']} "
+        f"({100 * hr['refused'] / max(hr['sent'], 1):.1f}% of sends)"
+    )
+    verdict = [
+        ("goodput ≥ 90 % of capacity", goodput >= 0.9, f"{100 * goodput:.0f} %"),
+        (
+            "p99 send→receive of accepted ≤ 100 ms",
+            hr["e2e_ms"]["p99"] <= 100,
+            f"{hr['e2e_ms']['p99']:.1f} ms (ack p99 {hr['ack_ms']['p99']:.1f} ms)",
+        ),
+        (
+            "every send answered within 1 s",
+            hr["answered_over_1s"] == 0 and hr["unanswered"] == 0,
+            f"{hr['answered_over_1s']} later than 1 s, answer max {hr['answer_ms']['max']:.0f} ms",
+        ),
+        ("zero silent drops", hr["unanswered"] == 0, f"{hr['unanswered']} unanswered"),
+        (
+            "acked == stored once, no gap",
+            st["acked_missing"] == 0 and st["duplicated"] == 0 and st["sessions_with_gaps"] == 0,
+            f"{st['acked']} acked, {st['stored']} stored",
+        ),
+    ]
+    if r:
+        rr = r["rate"]
+        got = f"{rr['achieved_rate']:.0f} msg/s, p99 {rr['e2e_ms']['p99']:.1f} ms"
+        verdict.append(("bare relay at the same offered rate", None, got))
+    for label, ok, got in verdict:
+        tag = "INFO" if ok is None else "PASS" if ok else "MISS"
+        print(f"  [{tag}] {label}: {got}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=200)
@@ -701,11 +869,34 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="client processes")
     parser.add_argument("--body-bytes", type=int, default=64)
     parser.add_argument("--minute-seconds", type=float, default=600.0)
+    parser.add_argument(
+        "--overload",
+        type=float,
+        nargs="?",
+        const=2.0,
+        default=0.0,
+        help="offer this multiple (default 2) of the measured capacity (30 s unless --duration)",
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], help="KEY=VALUE for the halochat server"
+    )
+    parser.add_argument(
+        "--slow-readers",
+        type=int,
+        default=0,
+        help="instead: N sockets that never read, flooded with big-answer frames",
+    )
     parser.add_argument("--no-relay", action="store_true")
     parser.add_argument("--relay-only", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--workdir", type=Path, help="keep logs and data here (default: temp)")
     args = parser.parse_args()
+    args.capacity = 0.0
+    if args.overload and "--duration" not in sys.argv:
+        args.duration = 30.0
+    if args.slow_readers:
+        slow_readers_main(args)
+        return
 
     print(
         f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; "

@@ -43,8 +43,9 @@ def create_app(settings: Settings | None = None) -> Sanic:
     app = Sanic(settings.app_name)
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
     # Oversized frames are answered with an error frame by our own check, so the
-    # protocol-level limit (which closes the socket) sits well above it.
-    app.config.WEBSOCKET_MAX_SIZE = max(settings.ws_max_frame_bytes * 16, 1 << 20)
+    # protocol-level limit (which closes the socket, 1009) sits above it; not far above, as
+    # it also sizes the read backpressure (halochat/ws/read_gate.py).
+    app.config.WEBSOCKET_MAX_SIZE = max(settings.ws_max_frame_bytes * 2, 16 * 1024)
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.OAS_TITLE = "halochat API"
     app.config.OAS_DESCRIPTION = "HTTP API of halochat. The WebSocket protocol: docs/protocol.md."
@@ -99,7 +100,7 @@ def create_app(settings: Settings | None = None) -> Sanic:
         services = Services(
             settings=settings,
             client=client,
-            hub=Hub(),
+            hub=Hub(settings.ws_outbound_max_bytes, settings.ws_max_sockets_per_user),
             push=PushService(settings),
             timers=Timers(),
         )

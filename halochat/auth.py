@@ -27,6 +27,7 @@ from halochat.constants import AuthMode, ErrorCode, Role
 from halochat.documents import User
 from halochat.documents.common import utcnow
 from halochat.errors import ApiError
+from halochat.rate_limits import Action
 from halochat.settings_check import UnsafeSettings, firebase_project_id
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ CLOSE_TRY_AGAIN_LATER = 1013
 
 # Certificate fetches (Google's public keys) give up after this; the request answers 503.
 FIREBASE_HTTP_TIMEOUT_SECONDS = 10
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def _unauthorized(code: ErrorCode, message: str) -> ApiError:
@@ -243,6 +246,8 @@ def authenticated(*roles: Role) -> Callable[[Handler], Handler]:
                 allowed = ", ".join(r.value for r in roles)
                 raise ApiError(403, ErrorCode.WRONG_ROLE, f"only {allowed} may do this")
             request.ctx.user = user
+            if request.method in WRITE_METHODS:  # per-user limit (halochat/rate_limits.py)
+                await request.app.ctx.services.rate_limits.hit(Action.HTTP_WRITE, user.id)
             return await handler(request, *args, **kwargs)
 
         return wrapper

@@ -64,6 +64,20 @@ class Settings(BaseSettings):
     history_default_limit: int = 50
     history_max_limit: int = 200
 
+    # Limits and overload (docs/operations.md "Limits and overload"). Rates use the `limits`
+    # notation ("10/minute", "5 per 10 seconds"); the storage URI selects where counters live
+    # ("async+memory://" per process; "async+redis://host:6379" would share them).
+    rate_limit_storage_uri: str = "async+memory://"
+    chat_request_rate: str = "6/minute"  # POST /v1/sessions per customer
+    chat_cancel_rate: str = "6/minute"  # POST /v1/sessions/<id>/cancel per customer
+    http_write_rate: str = "120/minute"  # every POST/PUT/PATCH/DELETE per user
+    free_trial_cooldown_seconds: float = 600.0  # after cancelling a free-trial request
+    ws_outbound_max_bytes: int = 1024 * 1024  # queued for one socket; past it: disconnected
+    ws_max_sockets_per_user: int = 10  # one more is refused (close 4429)
+    store_max_inflight: int = 5000  # messages handed to the store, not yet stored
+    store_max_inflight_bytes: int = 32 * 1024 * 1024
+    store_wait_seconds: float = 1.0  # a send not stored within this gets 503 overloaded
+
     # Seed the default app_config on start when none exists (make run does).
     seed_on_start: bool = True
 

@@ -207,11 +207,13 @@ class ErrorCode(StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     VALIDATION_ERROR = "validation_error"
     RATE_LIMITED = "rate_limited"
+    TOO_MANY_CONNECTIONS = "too_many_connections"  # WebSocket, close code 4429
     # WebSocket-only
     UNKNOWN_FRAME = "unknown_frame"
     # 5xx
     INTERNAL = "internal_error"
     UNAVAILABLE = "service_unavailable"
+    OVERLOADED = "overloaded"  # 503, retryable: the server sheds load (docs/protocol.md)
 
 
 class ActorRole(StrEnum):

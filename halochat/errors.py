@@ -56,20 +56,34 @@ def conflict(
     return ApiError(409, code, message, details)
 
 
+# An error answer stays small whatever the input: at most this many problems are listed,
+# each text cut to this many characters (a frame full of unknown keys is one short answer).
+MAX_ERROR_ITEMS = 10
+MAX_ERROR_TEXT = 200
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 1] + "…"
+
+
 def validation_error(exc: ValidationError) -> ApiError:
-    """422 naming each offending field, without echoing the (possibly huge) input."""
+    """422 naming the offending fields (the first MAX_ERROR_ITEMS; `more` counts the rest),
+    without echoing the (possibly huge) input."""
+    problems = exc.errors(include_url=False, include_input=False, include_context=False)
     fields = [
         {
-            "field": ".".join(str(p) for p in err["loc"]) or "(body)",
-            "message": err["msg"],
+            "field": _cut(".".join(str(p) for p in err["loc"]) or "(body)"),
+            "message": _cut(err["msg"]),
             "type": err["type"],
         }
-        for err in exc.errors(include_url=False, include_input=False)
+        for err in problems[:MAX_ERROR_ITEMS]
     ]
     names = ", ".join(f["field"] for f in fields)
-    return ApiError(
-        422, ErrorCode.VALIDATION_ERROR, f"invalid field(s): {names}", {"fields": fields}
-    )
+    details: dict[str, Any] = {"fields": fields}
+    if len(problems) > MAX_ERROR_ITEMS:
+        details["more"] = len(problems) - MAX_ERROR_ITEMS
+        names += f" and {details['more']} more"
+    return ApiError(422, ErrorCode.VALIDATION_ERROR, f"invalid field(s): {names}", details)
 
 
 def duplicate_key(exc: DuplicateKeyError) -> ApiError:
@@ -101,8 +115,16 @@ _SANIC_STATUS_CODES: dict[int, ErrorCode] = {
 }
 
 
+def retry_after(err: ApiError) -> int | None:
+    """Seconds a client should wait before retrying (429 / 503 answers carry it)."""
+    value = (err.details or {}).get("retry_after")
+    return value if isinstance(value, int) else None
+
+
 def error_response(err: ApiError) -> HTTPResponse:
-    return json({"error": err.to_dict()}, status=err.status)
+    seconds = retry_after(err)
+    headers = {"Retry-After": str(seconds)} if seconds is not None else None
+    return json({"error": err.to_dict()}, status=err.status, headers=headers)
 
 
 class JsonErrorHandler(ErrorHandler):

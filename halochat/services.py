@@ -12,6 +12,7 @@ from halochat.db.group_commit import InsertBatcher
 from halochat.documents import Message
 from halochat.jobs.timers import Timers
 from halochat.push import Push, PushService
+from halochat.rate_limits import RateLimits
 from halochat.ws.hub import Hub
 
 
@@ -30,6 +31,13 @@ class Services:
     message_writer: InsertBatcher = field(
         default_factory=lambda: InsertBatcher(Message.get_pymongo_collection)
     )
+    rate_limits: RateLimits = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rate_limits = RateLimits(self.settings)
+        # Overload bounds (docs/operations.md "Limits and overload").
+        self.message_writer.max_inflight = self.settings.store_max_inflight
+        self.message_writer.max_inflight_bytes = self.settings.store_max_inflight_bytes
 
     def notify(
         self,

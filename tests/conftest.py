@@ -16,6 +16,13 @@ FAST_ENV: dict[str, str] = {
     "HALOCHAT_MINUTE_SECONDS": "60",
     "HALOCHAT_PAIRING_TIMEOUT_SECONDS": "30",
     "HALOCHAT_TYPING_MIN_INTERVAL_SECONDS": "1",
+    # Rate limits out of the way of tests that reuse one user; tests/test_limits.py sets them.
+    "HALOCHAT_CHAT_REQUEST_RATE": "10000/minute",
+    "HALOCHAT_CHAT_CANCEL_RATE": "10000/minute",
+    "HALOCHAT_HTTP_WRITE_RATE": "100000/minute",
+    "HALOCHAT_FREE_TRIAL_COOLDOWN_SECONDS": "0",
+    # The shared test machine stalls for seconds: shedding only where a test asks for it.
+    "HALOCHAT_STORE_WAIT_SECONDS": "60",
 }
 
 

@@ -4,6 +4,12 @@ Each caller awaits its own document's outcome, so "acked only once stored" holds
 document. While one batch is being written the next one gathers, so batches grow with the
 load and a lone insert waits for no timer. The write is unordered: one document's duplicate
 key fails only that document (its caller gets the DuplicateKeyError).
+
+Bounded (docs/operations.md "Limits and overload"): at most max_inflight documents and
+max_inflight_bytes are handed in and not yet stored. A caller with a deadline that cannot get
+in, or whose document is still waiting (not yet in a write) at the deadline, gets
+StoreOverloaded and its document is NOT stored; a document already being written waits for
+that write's outcome, so "answered overloaded" always means "not stored".
 """
 
 import asyncio
@@ -17,8 +23,15 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1_000
+MAX_INFLIGHT = 5_000
+MAX_INFLIGHT_BYTES = 32 * 1024 * 1024
 
-Pending = tuple[dict[str, Any], asyncio.Future[None]]
+Pending = tuple[dict[str, Any], asyncio.Future[None], int]
+
+
+class StoreOverloaded(Exception):
+    """The document could not be handed to the store before the caller's deadline; it was
+    not stored (the caller may retry it)."""
 
 
 class InsertBatcher:
@@ -29,14 +42,60 @@ class InsertBatcher:
         self._max_batch = max_batch
         self._pending: list[Pending] = []
         self._writer: asyncio.Task[None] | None = None
+        self.max_inflight = MAX_INFLIGHT
+        self.max_inflight_bytes = MAX_INFLIGHT_BYTES
+        self.inflight = 0  # documents handed in, not yet stored (or failed)
+        self.inflight_bytes = 0
+        self._room = asyncio.Event()  # set whenever documents leave
 
-    async def insert(self, document: dict[str, Any]) -> None:
-        """Returns once `document` is stored; raises what storing it raised."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((document, future))
+    def _full(self, size: int) -> bool:
+        return self.inflight >= self.max_inflight or (
+            self.inflight > 0 and self.inflight_bytes + size > self.max_inflight_bytes
+        )
+
+    def _release(self, size: int) -> None:
+        self.inflight -= 1
+        self.inflight_bytes -= size
+        self._room.set()
+
+    async def insert(
+        self, document: dict[str, Any], *, size: int = 0, deadline: float | None = None
+    ) -> None:
+        """Returns once `document` is stored; raises what storing it raised. `size`: its
+        approximate size in bytes; `deadline` (event-loop time): see StoreOverloaded."""
+        loop = asyncio.get_running_loop()
+        while self._full(size):
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise StoreOverloaded
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), remaining)
+            except TimeoutError as exc:
+                raise StoreOverloaded from exc
+        future: asyncio.Future[None] = loop.create_future()
+        self._pending.append((document, future, size))
+        self.inflight += 1
+        self.inflight_bytes += size
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_all())
+        if deadline is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(future), deadline - loop.time())
+            except TimeoutError:
+                if self._withdraw(future):
+                    raise StoreOverloaded from None
         await future
+
+    def _withdraw(self, future: asyncio.Future[None]) -> bool:
+        """Takes a document out of the next batch if no write has taken it yet."""
+        for index, (_, waiting, size) in enumerate(self._pending):
+            if waiting is future:
+                del self._pending[index]
+                future.cancel()
+                self._release(size)
+                return True
+        return False
 
     async def aclose(self) -> None:
         """Waits until every document handed in so far has been written (or failed)."""
@@ -55,7 +114,7 @@ class InsertBatcher:
     async def _write(self, batch: list[Pending]) -> None:
         failed: dict[int, BaseException] = {}
         try:
-            await self._collection().insert_many([doc for doc, _ in batch], ordered=False)
+            await self._collection().insert_many([doc for doc, _, _ in batch], ordered=False)
         except BulkWriteError as exc:
             for error in exc.details.get("writeErrors", []):
                 failed[error["index"]] = _write_error(error)
@@ -66,7 +125,8 @@ class InsertBatcher:
                 failed = dict.fromkeys(range(len(batch)), exc)
         except Exception as exc:  # handed to every waiting caller
             failed = dict.fromkeys(range(len(batch)), exc)
-        for index, (_, future) in enumerate(batch):
+        for index, (_, future, size) in enumerate(batch):
+            self._release(size)
             if future.done():
                 continue
             if (error := failed.get(index)) is not None:

@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,6 +32,7 @@ from halochat.constants import (
     SessionState,
     TypingState,
 )
+from halochat.db.group_commit import StoreOverloaded
 from halochat.documents import ChatSession, Message, User
 from halochat.documents.common import utcnow
 from halochat.domain import live_sessions
@@ -43,8 +45,13 @@ from halochat.services import Services, frame
 from halochat.views import message_view, session_view
 from halochat.ws.hub import Connection
 
+# When the frame or request that carries a send arrived (event-loop time); set by the
+# WebSocket worker so a send's time in the inbox counts against settings.store_wait_seconds.
+received_at: ContextVar[float | None] = ContextVar("received_at", default=None)
+
 PREVIEW_CHARS = 100
 REPLAY_BATCH = 500
+DOC_OVERHEAD_BYTES = 200  # a stored message beside its body (ids, seq, dates)
 MAX_HELLO_SESSIONS = 500
 
 # (user, session) -> monotonic time of the last forwarded typing event.
@@ -98,6 +105,17 @@ class Sender:
 class SendResult:
     message: Message
     replayed: bool  # True: a retried client_msg_id, the stored message is returned
+
+
+def overloaded() -> ApiError:
+    """503, retryable: the send was not stored (retry it with the same client_msg_id)."""
+    metrics.RATE_LIMITED.labels(metrics.LIMIT_STORE_OVERLOADED).inc()
+    return ApiError(
+        503,
+        ErrorCode.OVERLOADED,
+        "server busy: the message was not stored; retry it with the same client_msg_id",
+        {"retry_after": 1},
+    )
 
 
 def invalid_input(message: str, **details: Any) -> ApiError:
@@ -176,9 +194,13 @@ async def send_message(
         raise invalid_input(f"body must be 1..{limit} characters after trimming", max_chars=limit)
     if not 1 <= len(client_msg_id) <= 64:
         raise invalid_input("client_msg_id must be 1..64 characters")
+    # Overload: a send not stored within store_wait_seconds of its arrival is answered 503
+    # overloaded (and not stored) instead of queueing without bound.
+    loop = asyncio.get_running_loop()
+    deadline = (received_at.get() or loop.time()) + services.settings.store_wait_seconds
     # Shielded: a dropped socket must not cancel a send halfway (seq taken, message unsure).
     return await asyncio.shield(
-        _store_and_deliver(services, who, session_id, client_msg_id, body, origin)
+        _store_and_deliver(services, who, session_id, client_msg_id, body, origin, deadline)
     )
 
 
@@ -189,45 +211,75 @@ async def _store_and_deliver(
     client_msg_id: str,
     body: str,
     origin: Connection | None,
+    deadline: float,
 ) -> SendResult:
-    async with session_lock(session_id):
-        live = await live_sessions.load(session_id)
-        if live is None or live.party_id(who.role) != who.id:
-            # A retry of a message stored before the session left ACTIVE still gets its ack.
-            if live is None and (stored := await _stored(session_id, client_msg_id)):
-                return await _retried(who, session_id, stored)
-            raise await _why_refused(who, session_id, "send messages")
-        if live.time_up(utcnow()):
-            raise time_up(live)
-        message = await _insert_next(services, live, who, client_msg_id, body)
-        if isinstance(message, SendResult):
-            return message
-        sender_name = live.party_name(who.role)
-        push = Push(
-            type=PushType.CHAT_MESSAGE,
-            session_id=str(session_id),
-            title=sender_name,
-            body=preview(body),
-            data={
-                "sender_id": str(who.id),
-                "sender_name": sender_name,
-                "sender_role": who.role.value,
-                # Same deep-link keys as every other push (docs/push.md "Common fields").
-                "other_id": str(who.id),
-                "other_name": sender_name,
-                "other_role": who.role.value,
-                "seq": message.seq,
-                "message_id": str(message.id),
-            },
+    lock = session_lock(session_id)
+    remaining = deadline - asyncio.get_running_loop().time()
+    try:
+        if remaining <= 0:
+            raise TimeoutError
+        await asyncio.wait_for(lock.acquire(), remaining)
+    except TimeoutError as exc:
+        raise overloaded() from exc
+    try:
+        return await _store_and_deliver_locked(
+            services, who, session_id, client_msg_id, body, origin, deadline
         )
-        data = {"session_id": str(session_id), "message": message_view(message)}
-        recipient_id = live.party_id(who.role.counterpart)
-        _deliver(services, session_id, message.seq, data, recipient_id, who.id, push, origin)
-        return SendResult(message, replayed=False)
+    finally:
+        lock.release()
+
+
+async def _store_and_deliver_locked(
+    services: Services,
+    who: Sender,
+    session_id: PydanticObjectId,
+    client_msg_id: str,
+    body: str,
+    origin: Connection | None,
+    deadline: float,
+) -> SendResult:
+    live = await live_sessions.load(session_id)
+    if live is None or live.party_id(who.role) != who.id:
+        # A retry of a message stored before the session left ACTIVE still gets its ack.
+        if live is None and (stored := await _stored(session_id, client_msg_id)):
+            return await _retried(who, session_id, stored)
+        raise await _why_refused(who, session_id, "send messages")
+    if live.time_up(utcnow()):
+        raise time_up(live)
+    message = await _insert_next(services, live, who, client_msg_id, body, deadline)
+    if isinstance(message, SendResult):
+        return message
+    sender_name = live.party_name(who.role)
+    push = Push(
+        type=PushType.CHAT_MESSAGE,
+        session_id=str(session_id),
+        title=sender_name,
+        body=preview(body),
+        data={
+            "sender_id": str(who.id),
+            "sender_name": sender_name,
+            "sender_role": who.role.value,
+            # Same deep-link keys as every other push (docs/push.md "Common fields").
+            "other_id": str(who.id),
+            "other_name": sender_name,
+            "other_role": who.role.value,
+            "seq": message.seq,
+            "message_id": str(message.id),
+        },
+    )
+    data = {"session_id": str(session_id), "message": message_view(message)}
+    recipient_id = live.party_id(who.role.counterpart)
+    _deliver(services, session_id, message.seq, data, recipient_id, who.id, push, origin)
+    return SendResult(message, replayed=False)
 
 
 async def _insert_next(
-    services: Services, live: LiveSession, who: Sender, client_msg_id: str, body: str
+    services: Services,
+    live: LiveSession,
+    who: Sender,
+    client_msg_id: str,
+    body: str,
+    deadline: float,
 ) -> Message | SendResult:
     """Stores the message under live.last_seq + 1 (called under the session lock). The seq
     is only taken once the insert succeeded, so a failed insert leaves no gap."""
@@ -243,7 +295,11 @@ async def _insert_next(
             "created_at": _now_ms(),
         }
         try:
-            await services.message_writer.insert(doc)
+            await services.message_writer.insert(
+                doc, size=len(body.encode()) + DOC_OVERHEAD_BYTES, deadline=deadline
+            )
+        except StoreOverloaded as exc:
+            raise overloaded() from exc
         except DuplicateKeyError:
             if stored := await _stored(live.id, client_msg_id):
                 return await _retried(who, live.id, stored)
@@ -432,22 +488,44 @@ def plan_hello(sessions: dict[str, int]) -> HelloPlan:
     return HelloPlan(wanted, errors)
 
 
+IDS_PER_QUERY = 200  # the embedded store refuses an $in of 500 ids ("expression tree")
+
+
+async def _find_by_ids(
+    ids: list[PydanticObjectId],
+    query: dict[str, Any],
+    projection: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Sessions among `ids` matching `query`: one query per IDS_PER_QUERY ids."""
+    coll = ChatSession.get_pymongo_collection()
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(ids), IDS_PER_QUERY):
+        chunk = ids[start : start + IDS_PER_QUERY]
+        found += await coll.find({"_id": {"$in": chunk}, **query}, projection).to_list(None)
+    return found
+
+
 async def resync(conn: Connection, plan: HelloPlan, send_ack: Callable[[], None]) -> None:
     """hello: ack, `sync` (open + listed sessions, watermarks, errors), then each listed
     session's missed messages in seq order. The listed sessions' locks are held throughout,
     so no live message for them can slip in between (or be sent twice)."""
     who = Sender.of_conn(conn)
+    party = {"customer_id" if who.role == Role.CUSTOMER else "mitra_id": who.id}
+    # Which listed sessions are the caller's, in one query BEFORE taking any lock: listing
+    # someone else's session ids must not stall their chat (it only yields errors).
+    own_ids = {doc["_id"] for doc in await _find_by_ids(list(plan.wanted), party, {"_id": 1})}
+    errors = list(plan.errors)
+    for session_id in plan.wanted:
+        if session_id not in own_ids:
+            errors.append(_session_error(str(session_id), session_not_found()))
     async with AsyncExitStack() as stack:
-        for session_id in sorted(plan.wanted):  # one global order: no deadlock
+        for session_id in sorted(own_ids):  # one global order: no deadlock
             await stack.enter_async_context(session_lock(session_id))
         send_ack()
-        listed = await ChatSession.find({"_id": {"$in": list(plan.wanted)}}).to_list()
+        listed = [
+            ChatSession.model_validate(doc) for doc in await _find_by_ids(list(own_ids), {})
+        ]
         found = {s.id: s for s in listed if s.role_of(who.id) is not None}
-        errors = list(plan.errors)
-        for session_id in plan.wanted:
-            if session_id not in found:
-                errors.append(_session_error(str(session_id), session_not_found()))
-        party = {"customer_id" if who.role == Role.CUSTOMER else "mitra_id": who.id}
         open_sessions = await ChatSession.find(
             {**party, "state": {"$in": [s.value for s in OPEN_STATES]}}
         ).to_list()

@@ -9,6 +9,7 @@ Races are settled by the database, not by locks, so they hold across processes:
 """
 
 import logging
+import math
 from datetime import timedelta
 from typing import Any
 
@@ -40,6 +41,7 @@ from halochat.errors import ApiError
 from halochat.jobs.timers import TimerKind
 from halochat.observability import timeline
 from halochat.push import Push
+from halochat.rate_limits import Action, rate_limited
 from halochat.services import Services
 from halochat.views import session_view
 
@@ -75,13 +77,39 @@ def tier_view(config: AppConfig) -> list[dict[str, Any]]:
     ]
 
 
+async def free_trial_cooldown(services: Services, customer_id: PydanticObjectId) -> float:
+    """Seconds until this customer may request the free trial again after cancelling a
+    free-trial request (0: now). Stops request+cancel from cycling the free trial (and the
+    Mitras' pushes); a request nobody accepted (UNMATCHED) gives the free trial back at once."""
+    cooldown = services.settings.free_trial_cooldown_seconds
+    if cooldown <= 0:
+        return 0.0
+    now = utcnow()
+    last = await ChatSession.get_pymongo_collection().find_one(
+        {
+            "customer_id": customer_id,
+            "state": SessionState.CANCELLED.value,
+            "tier.kind": ChoiceKind.FREE_TRIAL.value,
+            "updated_at": {"$gt": now - timedelta(seconds=cooldown)},
+        },
+        projection={"updated_at": 1},
+        sort=[("updated_at", -1)],
+    )
+    if last is None:
+        return 0.0
+    cancelled_at = last["updated_at"]
+    if cancelled_at.tzinfo is None:
+        cancelled_at = cancelled_at.replace(tzinfo=now.tzinfo)
+    return max(0.0, cooldown - (now - cancelled_at).total_seconds())
+
+
 async def chat_options(services: Services, customer: User) -> dict[str, Any]:
     config = await require_config(services.settings)
     if await free_trial_eligible(config, customer.id):
-        return {
-            "kind": OptionsKind.FREE_TRIAL.value,
-            "free_trial": {"minutes": config.free_trial_minutes},
-        }
+        free_trial: dict[str, Any] = {"minutes": config.free_trial_minutes}
+        if (wait := await free_trial_cooldown(services, customer.id)) > 0:
+            free_trial["available_in_seconds"] = math.ceil(wait)
+        return {"kind": OptionsKind.FREE_TRIAL.value, "free_trial": free_trial}
     return {"kind": OptionsKind.TIERS.value, "tiers": tier_view(config)}
 
 
@@ -109,11 +137,17 @@ async def _open_session_id(customer_id: PydanticObjectId) -> PydanticObjectId | 
 
 
 async def _snapshot(
-    config: AppConfig, customer: User, choice: ChoiceKind, tier_id: str | None
+    services: Services,
+    config: AppConfig,
+    customer: User,
+    choice: ChoiceKind,
+    tier_id: str | None,
 ) -> TierSnapshot:
     if choice == ChoiceKind.FREE_TRIAL:
         if not await free_trial_eligible(config, customer.id):
             raise free_trial_unavailable()
+        if (wait := await free_trial_cooldown(services, customer.id)) > 0:
+            raise rate_limited(wait, "free-trial requests after a cancel")
         return TierSnapshot(
             kind=ChoiceKind.FREE_TRIAL,
             label="Free trial",
@@ -158,10 +192,11 @@ async def request_chat(
 ) -> tuple[ChatSession, Transaction]:
     """Records the (mocked, paid) transaction and creates the session in PAIRING, offered to
     every available Mitra. Any rejection leaves nothing stored."""
+    await services.rate_limits.hit(Action.CHAT_REQUEST, customer.id)
     if (open_id := await _open_session_id(customer.id)) is not None:
         raise session_already_open(open_id)
     config = await require_config(services.settings)
-    snapshot = await _snapshot(config, customer, choice, tier_id)
+    snapshot = await _snapshot(services, config, customer, choice, tier_id)
     mitras = await available_mitras()
     now = utcnow()
     session_id = PydanticObjectId()
@@ -395,6 +430,7 @@ async def pairing_timeout(services: Services, session_id: PydanticObjectId) -> N
 
 
 async def cancel(services: Services, customer: User, session_id: PydanticObjectId) -> ChatSession:
+    await services.rate_limits.hit(Action.CHAT_CANCEL, customer.id)
     session, _ = await participant_session(customer, session_id, Role.CUSTOMER)
     cancelled = await transition(
         session_id,

@@ -119,6 +119,11 @@ TIMELINE_FAILURES = Counter(
 
 # Names of the limits counted by RATE_LIMITED.
 LIMIT_WS_INBOX = "ws_inbox"  # a client ran too far ahead of its answers (ws/handler.py)
+LIMIT_WS_SOCKETS = "ws_sockets_per_user"  # one socket more than the per-user cap (refused)
+LIMIT_WS_SLOW_READER = "ws_slow_reader"  # a socket dropped: its output passed the byte bound
+LIMIT_STORE_OVERLOADED = "store_overloaded"  # a send not stored in time: 503 overloaded
+# The per-user rate limits count under their Action values (halochat/rate_limits.py):
+# chat_request, chat_cancel, http_write.
 
 
 # --- values read at scrape time ------------------------------------------------------------

@@ -68,3 +68,18 @@ async def readyz(request: Request) -> HTTPResponse:
         {"error": {"code": ErrorCode.UNAVAILABLE.value, "message": "database unreachable"}},
         status=503,
     )
+
+
+@bp.get("/loadz")
+@openapi.summary("Load: open sockets, bytes queued for them, messages waiting for the store")
+async def loadz(request: Request) -> HTTPResponse:
+    services = request.app.ctx.services
+    writer = services.message_writer
+    return json_response(
+        {
+            "sockets": services.hub.socket_count,
+            "queued_bytes": services.hub.queued_bytes(),
+            "store_inflight": writer.inflight,
+            "store_inflight_bytes": writer.inflight_bytes,
+        }
+    )

@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import ValidationError
 from pymongo.errors import DuplicateKeyError
 from sanic import Request, Websocket
+from websockets.exceptions import ConnectionClosedOK
 
 from halochat.auth import (
     CLOSE_AUTH_FAILED,
@@ -22,18 +24,23 @@ from halochat.auth import (
     ws_close_code,
 )
 from halochat.constants import ClientFrame, ErrorCode, ServerFrame
+from halochat.domain.messaging import received_at
 from halochat.errors import ApiError, database_unavailable, duplicate_key, validation_error
 from halochat.json_input import load_object
 from halochat.observability import logs, metrics
 from halochat.services import Services
 from halochat.ws.hub import Connection, encode
 from halochat.ws.protocol import AppStateIn, ClientEnvelope
+from halochat.ws.read_gate import ReadGate
 from halochat.ws.registry import HANDLERS, AckThen
 
 log = logging.getLogger(__name__)
 
 AUTH_FRAME_TIMEOUT = 10.0
+CLOSE_TOO_MANY_SOCKETS = 4429  # the user has settings.ws_max_sockets_per_user sockets open
 INBOX_SIZE = 256  # frames read but not yet handled, per connection
+INBOX_MAX_BYTES = 256 * 1024  # and their raw size: past either bound -> rate_limited
+READ_STALL_SECONDS = 1.0
 
 _workers: set[asyncio.Task[None]] = set()
 
@@ -60,9 +67,21 @@ def _readable_id(raw: dict[str, Any]) -> str | None:
     return frame_id if isinstance(frame_id, str) and 1 <= len(frame_id) <= 64 else None
 
 
-def _parse(services: Services, text: str | bytes) -> ClientEnvelope:
-    if len(text) > services.settings.ws_max_frame_bytes:
-        raise ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, "frame too large")
+def frame_bytes(text: str | bytes) -> int:
+    """Size of a frame in bytes (a text frame's UTF-8 encoding), as the limit counts it."""
+    if isinstance(text, bytes):
+        return len(text)
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _parse(services: Services, text: str | bytes, size: int | None = None) -> ClientEnvelope:
+    limit = services.settings.ws_max_frame_bytes
+    if (frame_bytes(text) if size is None else size) > limit:
+        raise ApiError(
+            413, ErrorCode.PAYLOAD_TOO_LARGE, "frame too large", {"max_bytes": limit}
+        )
     raw = load_object(text, "frame")
     try:
         return ClientEnvelope.model_validate(raw)
@@ -135,6 +154,26 @@ def _token_expired() -> ApiError:
     return ApiError(401, ErrorCode.TOKEN_EXPIRED, "token expired")
 
 
+async def _frames(ws: Websocket, gate: ReadGate | None) -> AsyncIterator[str | bytes]:
+    """The socket's frames, with TCP backpressure on a client that sends faster than they are
+    read (halochat/ws/read_gate.py)."""
+    while True:
+        try:
+            # With a gate, wake up now and then: if nothing complete is pending while reading
+            # is paused, the gate's count has drifted (control frames) and is reset.
+            text = await ws.recv(READ_STALL_SECONDS if gate is not None else None)
+        except ConnectionClosedOK:
+            return
+        if text is None:
+            if gate is None:
+                return
+            gate.resume(reset=True)
+            continue
+        if gate is not None:
+            gate.consumed(frame_bytes(text))
+        yield text
+
+
 def _too_many() -> ApiError:
     return ApiError(
         429, ErrorCode.RATE_LIMITED, "too many frames awaiting an answer; retry shortly"
@@ -144,9 +183,12 @@ def _too_many() -> ApiError:
 async def _work(
     services: Services,
     conn: Connection,
-    inbox: "asyncio.Queue[ClientEnvelope | dict[str, Any] | None]",
+    inbox: "asyncio.Queue[tuple[ClientEnvelope | dict[str, Any], int, float] | None]",
+    inbox_bytes: list[int],
 ) -> None:
-    while (item := await inbox.get()) is not None:
+    while (entry := await inbox.get()) is not None:
+        item, size, arrived = entry
+        inbox_bytes[0] -= size
         if not isinstance(item, ClientEnvelope):  # an error frame for an unreadable frame
             conn.send(item)
             continue
@@ -155,6 +197,7 @@ async def _work(
         if conn.token_expired():  # its 4401 close is due: nothing runs on an expired token
             conn.send(error_frame(_token_expired(), item.id))
             continue
+        received_at.set(arrived)  # a send's answer time counts from its arrival
         try:
             await _dispatch(services, conn, item)
         except DuplicateKeyError as exc:  # as over HTTP (halochat/errors.py)
@@ -206,7 +249,18 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
         expires_at=identity.expires_at,
         token_issued_at=identity.issued_at,
     )
-    services.hub.add(conn)
+    if not services.hub.add(conn):
+        metrics.RATE_LIMITED.labels(metrics.LIMIT_WS_SOCKETS).inc()
+        err = ApiError(
+            429,
+            ErrorCode.TOO_MANY_CONNECTIONS,
+            "too many open connections for this user; close one and retry",
+            {"max_sockets": services.hub.max_sockets_per_user},
+        )
+        with contextlib.suppress(Exception):
+            await ws.send(encode(error_frame(err, None)))
+            await ws.close(code=CLOSE_TOO_MANY_SOCKETS, reason=err.code.value)
+        return
     expired = _token_expired()
     conn.close_at(
         identity.expires_at, CLOSE_AUTH_FAILED, expired.code.value, error_frame(expired, None)
@@ -225,26 +279,43 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
     # Frames are read by this task and handled in order by a worker, so that while a handler
     # waits on the database Sanic keeps reading the socket (and its keepalive pongs). A client
     # that runs too far ahead gets rate_limited errors instead of a timed-out connection.
-    inbox: asyncio.Queue[ClientEnvelope | dict[str, Any] | None] = asyncio.Queue(INBOX_SIZE)
-    worker = asyncio.create_task(_work(services, conn, inbox), name=f"ws-worker-{user.id}")
+    inbox: asyncio.Queue[tuple[ClientEnvelope | dict[str, Any], int, float] | None] = asyncio.Queue(
+        INBOX_SIZE
+    )
+    loop = asyncio.get_running_loop()
+    inbox_bytes = [0]  # raw size of the frames in the inbox (bounded like their number)
+    worker = asyncio.create_task(
+        _work(services, conn, inbox, inbox_bytes), name=f"ws-worker-{user.id}"
+    )
     _workers.add(worker)  # a strong reference until it ends (asyncio keeps only weak ones)
     worker.add_done_callback(_workers.discard)
     try:
         await _recheck(conn, identity)
-        async for text in ws:
+        protocol_max = request.app.config.WEBSOCKET_MAX_SIZE
+        gate = ReadGate.install(ws, high=2 * protocol_max, low=protocol_max + 64)
+        async for text in _frames(ws, gate):
+            if conn.closed:  # dropped as too slow: the transport is being aborted
+                break
             item: ClientEnvelope | dict[str, Any]
+            size = frame_bytes(text)
             try:
-                item = _parse(services, text)
+                item = _parse(services, text, size)
             except FrameError as err:
                 item = error_frame(err, err.frame_id)
             except ApiError as err:
                 item = error_frame(err, None)
+            if not isinstance(item, ClientEnvelope):
+                size = 0  # only the error frame is kept
             try:
-                inbox.put_nowait(item)
+                if inbox_bytes[0] + size > INBOX_MAX_BYTES:
+                    raise asyncio.QueueFull
+                inbox.put_nowait((item, size, loop.time()))
             except asyncio.QueueFull:
                 metrics.RATE_LIMITED.labels(metrics.LIMIT_WS_INBOX).inc()
                 frame_id = item.id if isinstance(item, ClientEnvelope) else None
                 conn.send(error_frame(_too_many(), frame_id))
+                continue
+            inbox_bytes[0] += size
     finally:
         # No await before hub.remove: Sanic may cancel this task once the socket is gone.
         # The client is gone, so frames it got no answer for are dropped (the app retries

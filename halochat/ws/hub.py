@@ -1,13 +1,14 @@
 """Registry of live WebSocket connections and ordered, non-blocking delivery to them.
 
-Each connection has a bounded outbound queue drained by one writer task, so frames reach a
-device in the order they were enqueued and one slow device never stalls a sender.
+Each connection has an outbound queue bounded in bytes, drained by one writer task, so frames
+reach a device in the order they were enqueued and one slow device never stalls a sender; a
+device whose queue would pass the bound is disconnected (transport aborted, queue freed).
 """
 
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,14 +18,24 @@ from beanie import PydanticObjectId
 
 from halochat.constants import AppState, Role
 from halochat.documents.common import utcnow
+from halochat.observability import metrics
 
 log = logging.getLogger(__name__)
 
-OUTBOUND_QUEUE_SIZE = 1000  # a device this far behind is dropped; it resyncs on reconnect
+OUTBOUND_MAX_BYTES = 1024 * 1024  # default of settings.ws_outbound_max_bytes
+CLOSE_TOO_SLOW = 1013  # "try again later": the device resyncs with hello on reconnect
 
 
 def encode(frame: dict[str, Any]) -> str:
     return orjson.dumps(frame, default=str).decode()
+
+
+def abort(ws: Any) -> None:
+    """Drops the TCP connection at once. A close handshake would wait behind the blocked
+    writer of a client that does not read; aborting frees the transport's buffers now."""
+    transport = getattr(getattr(ws, "io_proto", None), "transport", None)
+    if transport is not None:
+        transport.abort()
 
 
 @dataclass(eq=False)
@@ -35,9 +46,7 @@ class Connection:
     display_name: str
     device_id: str | None = None
     app_state: AppState = AppState.FOREGROUND
-    queue: asyncio.Queue[str | None] = field(
-        default_factory=lambda: asyncio.Queue(OUTBOUND_QUEUE_SIZE)
-    )
+    max_bytes: int = OUTBOUND_MAX_BYTES
     writer: asyncio.Task[None] | None = None
     closed: bool = False
     # session id -> first message seq this device received live; a later hello replay
@@ -49,44 +58,82 @@ class Connection:
     token_issued_at: datetime | None = None
     _close_timer: asyncio.TimerHandle | None = None
     _closer: asyncio.Task[None] | None = None
+    # Outbound frames (text, size in UTF-8 bytes), written in order by one writer task.
+    # queued_bytes counts them until written, the one being written included.
+    _out: deque[tuple[str, int]] = field(default_factory=deque)
+    queued_bytes: int = 0
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping: bool = False
 
     def start(self) -> None:
         self.writer = asyncio.create_task(self._drain(), name=f"ws-writer-{self.user_id}")
 
     async def _drain(self) -> None:
-        while (text := await self.queue.get()) is not None:
+        while True:
+            while not self._out:
+                if self._stopping or self.closed:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+            text, size = self._out.popleft()
             try:
                 await self.ws.send(text)
             except Exception:  # connection gone; the reader side cleans up
-                self.closed = True
+                self._release()
                 return
+            self.queued_bytes -= size
+            self._wake.set()  # wakes send_wait callers waiting for room
+
+    def _release(self) -> None:
+        self.closed = True
+        self._out.clear()
+        self.queued_bytes = 0
+        self._wake.set()
+
+    def drop(self, why: str) -> None:
+        """Disconnects a device that does not keep up and frees what was queued for it."""
+        if self.closed:
+            return
+        log.warning("dropping %s connection of user %s", why, self.user_id)
+        metrics.RATE_LIMITED.labels(metrics.LIMIT_WS_SLOW_READER).inc()
+        self._release()
+        abort(self.ws)
+        if self.writer is not None and self.writer is not asyncio.current_task():
+            self.writer.cancel()
+
+    def _enqueue(self, frame: dict[str, Any]) -> tuple[str, int]:
+        data = orjson.dumps(frame, default=str)
+        return data.decode(), len(data)
 
     def send(self, frame: dict[str, Any]) -> bool:
-        """Enqueue a frame; False if the connection is closed or hopelessly behind."""
+        """Enqueue a frame; False if the connection is closed. A device whose queued
+        frames would pass max_bytes is disconnected (it resyncs with hello on reconnect).
+        One frame is always accepted into an empty queue, so a large answer (a sync of many
+        sessions) cannot lock a device out; the bound is max_bytes plus one frame."""
         if self.closed:
             return False
-        try:
-            self.queue.put_nowait(encode(frame))
-        except asyncio.QueueFull:
-            log.warning("dropping slow connection of user %s", self.user_id)
-            self.closed = True
-            asyncio.get_running_loop().create_task(self.ws.close(code=1013, reason="too slow"))
+        text, size = self._enqueue(frame)
+        if self.queued_bytes and self.queued_bytes + size > self.max_bytes:
+            self.drop("slow")
             return False
+        self._out.append((text, size))
+        self.queued_bytes += size
+        self._wake.set()
         return True
 
     async def send_wait(self, frame: dict[str, Any], timeout: float = 10.0) -> bool:
-        """Enqueue with backpressure (long replays); a device that does not drain within
-        `timeout` is dropped like a slow one."""
-        if self.closed:
-            return False
-        try:
-            await asyncio.wait_for(self.queue.put(encode(frame)), timeout)
-        except TimeoutError:
-            log.warning("dropping stalled connection of user %s", self.user_id)
-            self.closed = True
-            asyncio.get_running_loop().create_task(self.ws.close(code=1013, reason="too slow"))
-            return False
-        return True
+        """Enqueue with backpressure (long replays): waits for room under half the bound;
+        a device that does not drain within `timeout` is dropped like a slow one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.closed and self.queued_bytes > self.max_bytes // 2:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
+            except TimeoutError:
+                self.drop("stalled")
+                return False
+        return self.send(frame)
 
     def token_expired(self) -> bool:
         return self.expires_at is not None and utcnow() >= self.expires_at
@@ -116,22 +163,41 @@ class Connection:
         self.closed = True
         if self._close_timer is not None:
             self._close_timer.cancel()
+        self._stopping = True
+        self._wake.set()
         if self.writer is not None:
-            with contextlib.suppress(asyncio.QueueFull):
-                self.queue.put_nowait(None)
             # Give queued frames a moment to flush, then cancel.
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self.writer), 1.0)
             self.writer.cancel()
+        self._release()
+
+
+MAX_SOCKETS_PER_USER = 10  # default of settings.ws_max_sockets_per_user
 
 
 class Hub:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        max_bytes: int = OUTBOUND_MAX_BYTES,
+        max_sockets_per_user: int = MAX_SOCKETS_PER_USER,
+    ) -> None:
         self._by_user: dict[PydanticObjectId, set[Connection]] = defaultdict(set)
+        self.max_bytes = max_bytes
+        self.max_sockets_per_user = max_sockets_per_user
 
-    def add(self, conn: Connection) -> None:
-        self._by_user[conn.user_id].add(conn)
+    def add(self, conn: Connection) -> bool:
+        """Registers and starts the connection; False (nothing registered) when the user
+        already has max_sockets_per_user sockets: the new one is refused, the others stay."""
+        conns = self._by_user[conn.user_id]
+        if len(conns) >= self.max_sockets_per_user:
+            if not conns:
+                del self._by_user[conn.user_id]
+            return False
+        conn.max_bytes = self.max_bytes
+        conns.add(conn)
         conn.start()
+        return True
 
     async def remove(self, conn: Connection) -> None:
         conns = self._by_user.get(conn.user_id)
@@ -175,6 +241,10 @@ class Hub:
         ]
         await asyncio.gather(*(c.close(code, reason, frame) for c in conns))
         return len(conns)
+
+    def queued_bytes(self) -> int:
+        """Bytes queued for all sockets (what slow readers can make the server hold)."""
+        return sum(c.queued_bytes for conns in self._by_user.values() for c in conns)
 
     @property
     def socket_count(self) -> int:
