@@ -271,7 +271,10 @@ async def test_the_access_log_never_shows_a_token(server: ServerProcess) -> None
         await http.get(f"/readyz?token={user.token}&device_id={marker}")
 
     def logged() -> list[str]:
-        return [line for line in server.log_tail(5000).splitlines() if marker in line]
+        """The access lines of these three URLs (the socket's own "connected ... device"
+        line names the device id but no URL)."""
+        lines = server.log_tail(5000).splitlines()
+        return [line for line in lines if f"device_id={marker}" in line]
 
     deadline = time.monotonic() + 15
     while len(logged()) < 3 and time.monotonic() < deadline:  # noqa: ASYNC110  (a log file)
