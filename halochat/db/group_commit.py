@@ -7,9 +7,10 @@ key fails only that document (its caller gets the DuplicateKeyError).
 
 Bounded (docs/operations.md "Limits and overload"): at most max_inflight documents and
 max_inflight_bytes are handed in and not yet stored. A caller with a deadline that cannot get
-in, or whose document is still waiting (not yet in a write) at the deadline, gets
-StoreOverloaded and its document is NOT stored; a document already being written waits for
-that write's outcome, so "answered overloaded" always means "not stored".
+in before it gets StoreOverloaded and its document is NOT stored. A document that got in is
+written (the bound keeps that to at most two writes' time): withdrawing admitted documents at
+a deadline made an overloaded store do work for nothing (goodput collapsed to 22 % at twice
+the capacity, measured), and "answered overloaded" must always mean "not stored".
 """
 
 import asyncio
@@ -62,7 +63,8 @@ class InsertBatcher:
         self, document: dict[str, Any], *, size: int = 0, deadline: float | None = None
     ) -> None:
         """Returns once `document` is stored; raises what storing it raised. `size`: its
-        approximate size in bytes; `deadline` (event-loop time): see StoreOverloaded."""
+        approximate size in bytes; `deadline` (event-loop time): the latest time to get in
+        under the bounds, else StoreOverloaded."""
         loop = asyncio.get_running_loop()
         while self._full(size):
             remaining = None if deadline is None else deadline - loop.time()
@@ -79,23 +81,7 @@ class InsertBatcher:
         self.inflight_bytes += size
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_all())
-        if deadline is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(future), deadline - loop.time())
-            except TimeoutError:
-                if self._withdraw(future):
-                    raise StoreOverloaded from None
         await future
-
-    def _withdraw(self, future: asyncio.Future[None]) -> bool:
-        """Takes a document out of the next batch if no write has taken it yet."""
-        for index, (_, waiting, size) in enumerate(self._pending):
-            if waiting is future:
-                del self._pending[index]
-                future.cancel()
-                self._release(size)
-                return True
-        return False
 
     async def aclose(self) -> None:
         """Waits until every document handed in so far has been written (or failed)."""
