@@ -24,8 +24,8 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1_000
-MAX_INFLIGHT = 5_000
-MAX_INFLIGHT_BYTES = 32 * 1024 * 1024
+MAX_INFLIGHT = 512
+MAX_INFLIGHT_BYTES = 8 * 1024 * 1024
 
 Pending = tuple[dict[str, Any], asyncio.Future[None], int]
 
