@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 1_000
 MAX_INFLIGHT = 512
 MAX_INFLIGHT_BYTES = 8 * 1024 * 1024
+MIN_INFLIGHT = 16
+RATE_WEIGHT = 0.3  # of the newest write in the moving average of the store's speed
 
 Pending = tuple[dict[str, Any], asyncio.Future[None], int]
 
@@ -45,12 +47,23 @@ class InsertBatcher:
         self._writer: asyncio.Task[None] | None = None
         self.max_inflight = MAX_INFLIGHT
         self.max_inflight_bytes = MAX_INFLIGHT_BYTES
+        # Admitted documents are written: at most the store's recent speed x this many
+        # seconds of them get in, so an admitted one is answered within about two of these
+        # even when the store slows down (None: no limit beyond max_inflight).
+        self.target_seconds: float | None = None
+        self.rate: float | None = None  # documents per second of recent writes
         self.inflight = 0  # documents handed in, not yet stored (or failed)
         self.inflight_bytes = 0
         self._room = asyncio.Event()  # set whenever documents leave
 
+    def limit(self) -> int:
+        """How many documents may be in flight now."""
+        if self.target_seconds is None or self.rate is None:
+            return self.max_inflight
+        return min(self.max_inflight, max(MIN_INFLIGHT, int(self.rate * self.target_seconds)))
+
     def _full(self, size: int) -> bool:
-        return self.inflight >= self.max_inflight or (
+        return self.inflight >= self.limit() or (
             self.inflight > 0 and self.inflight_bytes + size > self.max_inflight_bytes
         )
 
@@ -97,10 +110,19 @@ class InsertBatcher:
         finally:
             self._writer = None
 
+    def _measure(self, count: int, seconds: float) -> None:
+        sample = count / max(seconds, 1e-3)
+        self.rate = (
+            sample if self.rate is None else (RATE_WEIGHT * sample + (1 - RATE_WEIGHT) * self.rate)
+        )
+
     async def _write(self, batch: list[Pending]) -> None:
         failed: dict[int, BaseException] = {}
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             await self._collection().insert_many([doc for doc, _, _ in batch], ordered=False)
+            self._measure(len(batch), loop.time() - started)
         except BulkWriteError as exc:
             for error in exc.details.get("writeErrors", []):
                 failed[error["index"]] = _write_error(error)
