@@ -82,7 +82,8 @@ class Worker:
     def reset(self) -> None:
         self.sent_at: dict[str, float] = {}
         self.sender: dict[str, int] = {}  # cmid -> id(conn) of the sending socket
-        self.ack_waiters: dict[str, asyncio.Future[None]] = {}
+        # cmid -> future: None for an ack, retry_after seconds for an error
+        self.ack_waiters: dict[str, asyncio.Future[float | None]] = {}
         self.acked: list[str] = []
         self.ack_lat: list[float] = []
         self.answer_lat: dict[str, float] = {}  # cmid -> first answer (ack or error), s
@@ -175,7 +176,7 @@ class Worker:
                         self.outstanding.discard(cmid)  # refused: nothing to deliver
                     waiter = self.ack_waiters.pop(frame.get("id"), None)
                     if waiter is not None and not waiter.done():
-                        waiter.set_result(None)
+                        waiter.set_result((err.get("details") or {}).get("retry_after", 0))
         except Exception as exc:
             self.errors[f"socket:{type(exc).__name__}"] += 1
         else:
@@ -228,9 +229,12 @@ class Worker:
                 fut = asyncio.get_running_loop().create_future()
                 self.ack_waiters[cmid] = fut
                 try:
-                    await asyncio.wait_for(fut, 30)
+                    retry_after = await asyncio.wait_for(fut, 30)
                 except TimeoutError:
                     self.errors["ack_timeout"] += 1
+                    continue
+                if retry_after:  # refused (overloaded): back off as the app does
+                    await asyncio.sleep(retry_after)
 
         await asyncio.gather(
             *(

@@ -74,9 +74,9 @@ class Settings(BaseSettings):
     free_trial_cooldown_seconds: float = 600.0  # after cancelling a free-trial request
     ws_outbound_max_bytes: int = 1024 * 1024  # queued for one socket; past it: disconnected
     ws_max_sockets_per_user: int = 10  # one more is refused (close 4429)
-    store_max_inflight: int = 5000  # messages handed to the store, not yet stored
-    store_max_inflight_bytes: int = 32 * 1024 * 1024
-    store_wait_seconds: float = 1.0  # a send not stored within this gets 503 overloaded
+    store_max_inflight: int = 512  # messages handed to the store, not yet stored
+    store_max_inflight_bytes: int = 8 * 1024 * 1024
+    store_wait_seconds: float = 0.5  # a send not let into the store within this: 503
 
     # Seed the default app_config on start when none exists (make run does).
     seed_on_start: bool = True

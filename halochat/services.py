@@ -38,6 +38,7 @@ class Services:
         # Overload bounds (docs/operations.md "Limits and overload").
         self.message_writer.max_inflight = self.settings.store_max_inflight
         self.message_writer.max_inflight_bytes = self.settings.store_max_inflight_bytes
+        self.message_writer.target_seconds = self.settings.store_wait_seconds / 2
 
     def notify(
         self,

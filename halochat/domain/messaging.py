@@ -221,6 +221,9 @@ async def _store_and_deliver(
         await asyncio.wait_for(lock.acquire(), remaining)
     except TimeoutError as exc:
         raise overloaded() from exc
+    if asyncio.get_running_loop().time() >= deadline:  # got the lock too late: no work
+        lock.release()
+        raise overloaded()
     try:
         return await _store_and_deliver_locked(
             services, who, session_id, client_msg_id, body, origin, deadline

@@ -40,7 +40,7 @@ AUTH_FRAME_TIMEOUT = 10.0
 CLOSE_TOO_MANY_SOCKETS = 4429  # the user has settings.ws_max_sockets_per_user sockets open
 INBOX_SIZE = 256  # frames read but not yet handled, per connection
 INBOX_MAX_BYTES = 256 * 1024  # and their raw size: past either bound -> rate_limited
-READ_STALL_SECONDS = 1.0
+READ_STALL_SECONDS = 5.0  # recv() wake-up on an idle socket (drift reset of the read gate)
 
 _workers: set[asyncio.Task[None]] = set()
 
