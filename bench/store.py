@@ -10,7 +10,9 @@ chat path runs:
 
 - insert_one: a Message into a session (as message.send does);
 - find_one by (session_id, client_msg_id): the idempotency lookup before each send;
-- update_one: `$inc` of a session's last_seq (the per-message counter);
+- update_one: `$inc` of a session's last_seq (a per-update figure);
+- find_one_and_update by (_id, state): the state machine's conditional transition;
+- insert_many of 50: a group-commit batch of chat messages (documents/s);
 - history page: 50 messages of one session by seq range, sorted (GET .../messages).
 
 Each measurement uses a fresh session, so only the size of the whole collection differs.
@@ -43,6 +45,7 @@ DB_NAME = "bench"
 PER_SESSION = 100  # messages per filler session
 BATCH = 1_000  # insert_many batch size while filling
 PAGE = 50
+BATCH_OF = 50  # documents per timed insert_many
 
 
 def message_doc(session_id: ObjectId, seq: int, sender: ObjectId) -> dict[str, Any]:
@@ -122,6 +125,23 @@ class Bench:
         targets = random.choices(self.session_ids, k=self.ops)
         updates = await timed([lambda t=t: bump(t) for t in targets])
 
+        async def transition(target: ObjectId) -> None:
+            query = {"_id": target, "state": SessionState.ACTIVE.value}
+            assert await self.sessions.find_one_and_update(query, {"$inc": {"n": 1}})
+
+        targets = random.choices(self.session_ids, k=self.ops)
+        transitions = await timed([lambda t=t: transition(t) for t in targets])
+
+        batch_session = ObjectId()
+        batches = [
+            [message_doc(batch_session, b * BATCH_OF + s, sender) for s in range(1, BATCH_OF + 1)]
+            for b in range(max(6, self.ops // 20))
+        ]
+        insert_manys = await timed(
+            [lambda b=b: self.messages.insert_many(b, ordered=False) for b in batches]
+        )
+        self.stored += sum(len(b) for b in batches)
+
         async def page(before: int) -> None:
             cursor = self.messages.find({"session_id": sid, "seq": {"$lt": before}})
             got = await cursor.sort("seq", -1).limit(PAGE).to_list()
@@ -133,6 +153,8 @@ class Bench:
             "insert_one/s": 1 / statistics.median(inserts),
             "find_one by (session_id, client_msg_id)/s": 1 / statistics.median(finds),
             "update_one $inc last_seq/s": 1 / statistics.median(updates),
+            "find_one_and_update by (_id, state)/s": 1 / statistics.median(transitions),
+            "insert_many of 50, documents/s": BATCH_OF / statistics.median(insert_manys),
             "history page of 50, median ms": statistics.median(pages) * 1000,
         }
 
