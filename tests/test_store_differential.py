@@ -7,6 +7,7 @@ children on halochat's real indexes: one with the plain engine (`--plain`), one 
 `make run` starts it. Every outcome (result or error, with its code and key) must be equal.
 """
 
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
-from halochat.db.embedded import READY_PREFIX
+from halochat.db.embedded import DB_FILE, READY_PREFIX
 from halochat.documents import ChatSession, Message
 
 START_TIMEOUT = 60
@@ -42,6 +43,7 @@ def _start(data_dir: Path, *, plain: bool) -> tuple[subprocess.Popen[str], str]:
 
 @pytest.fixture(scope="module")
 def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Database]]:
+    """name -> database; the files are in <root>/<name>/ (see sqlite_file)."""
     root = tmp_path_factory.mktemp("differential")
     procs, clients, dbs = [], [], {}
     try:
@@ -51,6 +53,7 @@ def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Da
             client = MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=START_TIMEOUT * 1000)
             clients.append(client)
             dbs[name] = client["differential"]
+            dbs[name].data_dir = root / name  # type: ignore[attr-defined]
         yield dbs
     finally:
         for client in clients:
@@ -247,3 +250,12 @@ def test_adapted_engine_answers_as_mongoeco(databases: dict[str, Database]) -> N
     # The scenario did exercise what it is about.
     kinds = {o[0] for o in plain if isinstance(o, tuple)}
     assert {"BulkWriteError", "DuplicateKeyError", "inserted", "updated"} <= kinds
+    # Adaptation 10: the plain engine recorded each write's change event, the adapted none.
+    assert change_events(databases["plain"]) > 20
+    assert change_events(databases["adapted"]) == 0
+
+
+def change_events(db: Database) -> int:
+    path = db.data_dir / DB_FILE  # type: ignore[attr-defined]
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        return conn.execute("SELECT COUNT(*) FROM change_outbox_identities").fetchone()[0]
