@@ -326,9 +326,9 @@ class EmbeddedMongo:
 
 def make_engine(path: Path, *, plain: bool = False) -> object:
     """The storage engine behind the wire server: mongoeco's SQLiteEngine as adapted by
-    halochat.db.mongoeco_flat (docs/embedded-db.md), or as shipped with `plain`. Raises
-    (the child exits, halochat does not start) when the installed mongoeco is not the one
-    the adaptation was checked against."""
+    halochat.db.mongoeco_flat (docs/embedded-db.md), or as shipped with `plain`. Exits
+    with the reason (the child stops, halochat does not start) when the installed mongoeco
+    is not the one the adaptation was checked against."""
     from mongoeco.engines.sqlite import SQLiteEngine
 
     if plain:
@@ -336,11 +336,14 @@ def make_engine(path: Path, *, plain: bool = False) -> object:
     try:
         from halochat.db import mongoeco_flat
     except ImportError as exc:  # an internal module moved: another mongoeco
-        raise RuntimeError(
-            f"halochat.db.mongoeco_flat cannot import mongoeco's internals ({exc}): install "
+        raise SystemExit(
+            f"halochat embedded database: cannot import mongoeco's internals ({exc}); install "
             "the mongoeco version pyproject.toml pins, or set MONGODB_URI"
         ) from exc
-    return mongoeco_flat.adapted_engine(str(path))
+    try:
+        return mongoeco_flat.adapted_engine(str(path))
+    except mongoeco_flat.MongoecoInternalsChanged as exc:
+        raise SystemExit(f"halochat embedded database: {exc}") from exc
 
 
 async def _serve(data_dir: Path, host: str, port: int, *, plain: bool = False) -> None:
@@ -390,10 +393,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     )
     args = parser.parse_args(argv)
     args.data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        asyncio.run(_serve(args.data_dir, args.host, args.port, plain=args.plain))
-    except RuntimeError as exc:  # mongoeco_flat's internals check: say why, in one line
-        sys.exit(f"halochat embedded database: {exc}")
+    asyncio.run(_serve(args.data_dir, args.host, args.port, plain=args.plain))
 
 
 if __name__ == "__main__":
