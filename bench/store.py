@@ -1,6 +1,7 @@
 """Benchmarks the embedded database as halochat uses it, at growing numbers of stored messages.
 
-    .venv/bin/python bench/store.py [--sizes 0,10000,100000] [--ops 300] [--rounds 3] [--keep DIR]
+    .venv/bin/python bench/store.py [--sizes 0,10000,100000] [--ops 300] [--rounds 3] [--cpu]
+                                    [--keep DIR]
 
 For each size it starts an embedded MongoDB-wire server (halochat.db.embedded.EmbeddedMongo)
 in a temporary directory, creates halochat's collections and indexes with init_db and fills
@@ -10,16 +11,21 @@ chat path runs:
 
 - insert_one: a Message into a session (as message.send does);
 - find_one by (session_id, client_msg_id): the idempotency lookup before each send;
-- update_one: `$inc` of a session's last_seq (the per-message counter);
+- update_one: `$inc` of a session's last_seq (a per-update figure);
+- find_one_and_update by (_id, state): the state machine's conditional transition;
+- insert_many of 50: a group-commit batch of chat messages (documents/s);
 - history page: 50 messages of one session by seq range, sorted (GET .../messages).
 
 Each measurement uses a fresh session, so only the size of the whole collection differs.
-Figures are medians (see `timed` and `run`).
+Figures are medians (see `timed` and `run`). On a shared machine the rates follow the load;
+the CPU time the database child spent per operation (`--cpu`, read from /proc) follows it
+much less, so it is the figure to compare two versions of the store by.
 """
 
 import argparse
 import asyncio
 import contextlib
+import os
 import random
 import statistics
 import sys
@@ -43,6 +49,7 @@ DB_NAME = "bench"
 PER_SESSION = 100  # messages per filler session
 BATCH = 1_000  # insert_many batch size while filling
 PAGE = 50
+BATCH_OF = 50  # documents per timed insert_many
 
 
 def message_doc(session_id: ObjectId, seq: int, sender: ObjectId) -> dict[str, Any]:
@@ -72,13 +79,32 @@ def session_doc(customer: ObjectId) -> dict[str, Any]:
     }
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process `pid` so far (0 without /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Bench:
-    def __init__(self, db: Any, ops: int) -> None:
+    def __init__(self, db: Any, ops: int, pid: int | None = None, cpu: bool = False) -> None:
+        self.pid = pid  # the database child's, for --cpu
+        self.cpu = cpu
         self.sessions = db[ChatSession.Settings.name]
         self.messages = db[Message.Settings.name]
         self.ops = ops
         self.stored = 0
         self.session_ids: list[ObjectId] = []
+        self.cpu_ms: dict[str, float] = {}
+
+    async def timed(self, name: str, calls: list[Callable[[], Awaitable[Any]]]) -> list[float]:
+        """`timed`, also noting the child's CPU ms per call (warm-up calls included)."""
+        before = cpu_seconds(self.pid)
+        durations = await timed(calls)
+        self.cpu_ms[name] = (cpu_seconds(self.pid) - before) * 1000 / len(calls)
+        return durations
 
     async def fill_to(self, target: int) -> float:
         started = time.perf_counter()
@@ -105,7 +131,9 @@ class Bench:
         sid, sender = session["_id"], session["customer_id"]
 
         docs = [message_doc(sid, seq, sender) for seq in range(1, self.ops + 1)]
-        inserts = await timed([lambda d=d: self.messages.insert_one(d) for d in docs])
+        inserts = await self.timed(
+            "insert_one", [lambda d=d: self.messages.insert_one(d) for d in docs]
+        )
         self.stored += self.ops
 
         async def find(session_id: ObjectId, client_msg_id: str) -> None:
@@ -113,14 +141,34 @@ class Bench:
             assert await self.messages.find_one(query) is not None
 
         keys = [(d["session_id"], d["client_msg_id"]) for d in random.sample(docs, len(docs))]
-        finds = await timed([lambda k=k: find(*k) for k in keys])
+        finds = await self.timed("find_one", [lambda k=k: find(*k) for k in keys])
 
         async def bump(target: ObjectId) -> None:
             result = await self.sessions.update_one({"_id": target}, {"$inc": {"last_seq": 1}})
             assert result.modified_count == 1
 
         targets = random.choices(self.session_ids, k=self.ops)
-        updates = await timed([lambda t=t: bump(t) for t in targets])
+        updates = await self.timed("update_one", [lambda t=t: bump(t) for t in targets])
+
+        async def transition(target: ObjectId) -> None:
+            query = {"_id": target, "state": SessionState.ACTIVE.value}
+            assert await self.sessions.find_one_and_update(query, {"$inc": {"n": 1}})
+
+        targets = random.choices(self.session_ids, k=self.ops)
+        transitions = await self.timed(
+            "find_one_and_update", [lambda t=t: transition(t) for t in targets]
+        )
+
+        batch_session = ObjectId()
+        batches = [
+            [message_doc(batch_session, b * BATCH_OF + s, sender) for s in range(1, BATCH_OF + 1)]
+            for b in range(max(6, self.ops // 20))
+        ]
+        insert_manys = await self.timed(
+            "insert_many of 50",
+            [lambda b=b: self.messages.insert_many(b, ordered=False) for b in batches],
+        )
+        self.stored += sum(len(b) for b in batches)
 
         async def page(before: int) -> None:
             cursor = self.messages.find({"session_id": sid, "seq": {"$lt": before}})
@@ -128,11 +176,15 @@ class Bench:
             assert [m["seq"] for m in got] == list(range(before - 1, before - 1 - PAGE, -1))
 
         befores = [random.randint(PAGE + 1, self.ops + 1) for _ in range(max(20, self.ops // 5))]
-        pages = await timed([lambda b=b: page(b) for b in befores])
+        pages = await self.timed("history page", [lambda b=b: page(b) for b in befores])
+        if self.cpu:
+            return {f"{name}, child CPU ms": ms for name, ms in self.cpu_ms.items()}
         return {
             "insert_one/s": 1 / statistics.median(inserts),
             "find_one by (session_id, client_msg_id)/s": 1 / statistics.median(finds),
             "update_one $inc last_seq/s": 1 / statistics.median(updates),
+            "find_one_and_update by (_id, state)/s": 1 / statistics.median(transitions),
+            "insert_many of 50, documents/s": BATCH_OF / statistics.median(insert_manys),
             "history page of 50, median ms": statistics.median(pages) * 1000,
         }
 
@@ -165,7 +217,7 @@ def print_table(results: dict[int, dict[str, float]]) -> bool:
     for name in names:
         values = [results[s][name] for s in sizes]
         ratio = values[-1] / values[0]
-        # Rates: lower is slower; latency: higher is slower.
+        # Rates: lower is slower; latency and CPU time: higher is slower.
         slowdown = ratio if name.endswith("ms") else 1 / ratio
         ok &= slowdown <= 2.0
         row = f"{name:44}" + "".join(f"{v:>14.1f}" for v in values)
@@ -174,7 +226,7 @@ def print_table(results: dict[int, dict[str, float]]) -> bool:
     return ok
 
 
-async def run(data_dir: Path, sizes: list[int], ops: int, rounds: int) -> bool:
+async def run(data_dir: Path, sizes: list[int], ops: int, rounds: int, cpu: bool) -> bool:
     """One embedded server per size, filled first; then `rounds` rounds that measure every
     size in turn. Each figure is the median over the rounds, so that the sizes are compared
     under the same (shared, fluctuating) machine load rather than minutes apart."""
@@ -182,11 +234,12 @@ async def run(data_dir: Path, sizes: list[int], ops: int, rounds: int) -> bool:
         benches: dict[int, Bench] = {}
         clients = []
         for size in sizes:
-            uri = stack.enter_context(EmbeddedMongo(data_dir / f"messages-{size}"))
+            embedded = EmbeddedMongo(data_dir / f"messages-{size}")
+            uri = stack.enter_context(embedded)
             client = make_client(uri)
             clients.append(client)
             await init_db(client, DB_NAME)
-            bench = benches[size] = Bench(client[DB_NAME], ops)
+            bench = benches[size] = Bench(client[DB_NAME], ops, embedded.pid, cpu)
             if size:
                 took = await bench.fill_to(size)
                 print(f"filled to {size:,} messages in {took:.1f} s", flush=True)
@@ -217,15 +270,18 @@ def main() -> None:
     parser.add_argument("--sizes", default="0,10000,100000", help="stored messages, ascending")
     parser.add_argument("--ops", type=int, default=300, help="operations timed per figure")
     parser.add_argument("--rounds", type=int, default=3, help="measurement rounds per size")
+    parser.add_argument(
+        "--cpu", action="store_true", help="report the database child's CPU ms per operation"
+    )
     parser.add_argument("--keep", type=Path, help="data dir to use (kept); default: a temp dir")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     random.seed(7)
     if args.keep:
-        ok = asyncio.run(run(args.keep, sizes, args.ops, args.rounds))
+        ok = asyncio.run(run(args.keep, sizes, args.ops, args.rounds, args.cpu))
     else:
         with tempfile.TemporaryDirectory(prefix="halochat-bench-") as tmp:
-            ok = asyncio.run(run(Path(tmp), sizes, args.ops, args.rounds))
+            ok = asyncio.run(run(Path(tmp), sizes, args.ops, args.rounds, args.cpu))
     sys.exit(0 if ok else 1)
 
 

@@ -123,14 +123,6 @@ def test_lifecycle_empty_start_shared_server_restart_and_parent_kill(
     assert [p.name for p in db_dir(server).glob("*.sqlite3")] == [DB_FILE]
 
 
-def test_embedded_engine_is_the_flat_cost_one(tmp_path: Path) -> None:
-    from halochat.db.embedded import make_engine
-    from halochat.db.mongoeco_flat import FlatCostSQLiteEngine, patch_applies
-
-    assert patch_applies(), "mongoeco changed: re-check halochat/db/mongoeco_flat.py"
-    assert isinstance(make_engine(tmp_path / DB_FILE), FlatCostSQLiteEngine)
-
-
 @pytest.fixture
 def messages(mongodb_uri: str) -> Any:
     """A fresh messages collection with halochat's real indexes."""

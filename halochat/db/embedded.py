@@ -324,36 +324,33 @@ class EmbeddedMongo:
         self.stop()
 
 
-def make_engine(path: Path, *, inline: bool = False) -> object:
-    """The storage engine behind the wire server: mongoeco's SQLiteEngine, with the
-    flat-cost fixes of halochat.db.mongoeco_flat when the installed mongoeco is the version
-    they were written for (see docs/embedded-db.md)."""
-    from mongoeco import __version__ as installed
+def make_engine(path: Path, *, plain: bool = False) -> object:
+    """The storage engine behind the wire server: mongoeco's SQLiteEngine as adapted by
+    halochat.db.mongoeco_flat (docs/embedded-db.md), or as shipped with `plain`. Exits
+    with the reason (the child stops, halochat does not start) when the installed mongoeco
+    is not the one the adaptation was checked against."""
     from mongoeco.engines.sqlite import SQLiteEngine
 
+    if plain:
+        return SQLiteEngine(str(path))
     try:
         from halochat.db import mongoeco_flat
-    except ImportError:  # mongoeco internals moved: another version
-        mongoeco_flat = None
-    if mongoeco_flat is not None and mongoeco_flat.patch_applies():
-        if inline:  # the embedded child: a process of its own, so patching mongoeco is safe
-            mongoeco_flat.install_batch_insert_command()
-            mongoeco_flat.disable_change_publication()
-            mongoeco_flat.share_immutable_values()
-        return mongoeco_flat.FlatCostSQLiteEngine(str(path), inline=inline)
-    log.warning(
-        "mongoeco %s is not the version halochat.db.mongoeco_flat was written for: "
-        "the embedded database will slow down as data grows",
-        installed,
-    )
-    return SQLiteEngine(str(path))
+    except ImportError as exc:  # an internal module moved: another mongoeco
+        raise SystemExit(
+            f"halochat embedded database: cannot import mongoeco's internals ({exc}); install "
+            "the mongoeco version pyproject.toml pins, or set MONGODB_URI"
+        ) from exc
+    try:
+        return mongoeco_flat.adapted_engine(str(path))
+    except mongoeco_flat.MongoecoInternalsChanged as exc:
+        raise SystemExit(f"halochat embedded database: {exc}") from exc
 
 
-async def _serve(data_dir: Path, host: str, port: int) -> None:
+async def _serve(data_dir: Path, host: str, port: int, *, plain: bool = False) -> None:
     from mongoeco.wire import AsyncMongoEcoProxyServer
 
-    # inline: this process serves nothing else, so the engine runs its SQLite work on the loop.
-    engine = make_engine(data_dir / DB_FILE, inline=True)
+    # This process serves nothing else: the adapted engine runs its SQLite work on the loop.
+    engine = make_engine(data_dir / DB_FILE, plain=plain)
     server = AsyncMongoEcoProxyServer(engine=engine, host=host, port=port)
     address = await server.start()
     uri = _uri(address.host, address.port)
@@ -391,9 +388,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("var/db"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--plain", action="store_true", help="mongoeco's engine as shipped (for comparisons)"
+    )
     args = parser.parse_args(argv)
     args.data_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(_serve(args.data_dir, args.host, args.port))
+    asyncio.run(_serve(args.data_dir, args.host, args.port, plain=args.plain))
 
 
 if __name__ == "__main__":

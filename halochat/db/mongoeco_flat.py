@@ -1,73 +1,42 @@
-"""A flat-cost variant of mongoeco's SQLiteEngine, used only by the embedded database child.
+"""mongoeco's SQLiteEngine adapted for halochat's embedded database child.
 
-mongoeco 4.11.0 makes operations cost O(collection size) (docs/embedded-db.md has the
-profile). Four spots inside SQLiteEngine do it:
+mongoeco 4.11.0 as shipped makes writes and some reads cost O(collection size), and adds
+per-operation overheads that matter for a chat server. docs/embedded-db.md lists each
+adaptation by number with its measurement; this module keeps the numbering:
 
-1. Inserts ask for `scan_payload_id=True`: every stored document is decoded to compare its
-   `_id`, although only numeric `_id`s (1 == 1.0 == Int64(1)) can collide without sharing
-   the storage key that the engine already looks up by primary key.
-2. A unique index on two or more fields (ours: (session_id, seq), (session_id,
-   client_msg_id)) is checked by decoding every stored document in Python; only one-field
-   unique indexes use SQL.
-3. Each write drops the per-collection "feature" cache (does any document hold an array at
-   `session_id`? is `seq` numbers only? ...), so the next write or query re-runs full-table
-   `json_type()` scans to rebuild it.
-4. Before a sorted find, a probe query uses the generic filter SQL, whose "or the field is an
-   array holding the value" branch defeats every index: a full scan per history page.
+1. Inserts decode every stored `_id` (`scan_payload_id`): only numeric `_id`s need that.
+2. Compound unique indexes are checked by decoding the whole collection: candidates are
+   fetched through the expression index mongoeco already builds, then compared exactly
+   as mongoeco does (collation, arrays or other value types fall back to mongoeco's code).
+3. The per-collection feature cache is merged with the written documents, not dropped.
+4. The sorted-find probe uses the array-aware filter translation (keeps the index).
+6. Operations run on the child's event loop instead of a worker thread each.
+8. {_id: v, ...} reads the document stored under v's key and matches it in Python.
+9. A multi-document wire `insert` goes through mongoeco's own insert_many batch path.
+10. No change-event bookkeeping (the wire server serves no change streams).
+11. copy.deepcopy shares datetimes and ObjectIds (immutable) instead of rebuilding them.
+12. The feature merge (3) reuses the serialized form the write stored.
 
-The subclass below keeps MongoDB semantics and removes the scans:
+(5, the PRAGMA tuning and a smaller change outbox, and 7, dispatch without its lease
+thread, are gone: 10 makes 7 and the outbox moot; 5 measured no better.)
 
-1. The payload `_id` scan runs only for numeric `_id`s.
-2. Compound unique checks first narrow candidates through the SQLite expression index that
-   mongoeco already built for the index (ObjectId, string and number fields; a number also
-   matches any Decimal128 row), then compare the candidates exactly as mongoeco does.
-   Collation, array values and documents with none of those field types fall back to
-   mongoeco's own code.
-3. After an insert or update the cached features are merged with the same SQL run on the
-   written documents only (a scratch in-memory table), instead of being dropped. Every
-   cached feature is "some document has property P" (stays true, or becomes true if a new
-   document has P; a stale true only selects mongoeco's general path) or "all documents
-   share sort type T" (stays T only if the new ones are T). Other writes invalidate as before.
-4. The probe uses the array-aware translation that the query itself uses.
+Everything here runs only in the embedded child (`python -m halochat.db.embedded`, a process
+of its own): `adapted_engine` checks the internals, installs the three process-wide changes
+(9, 10, 11) and returns the engine. The plain engine (`--plain`) is kept for comparison
+(tests/test_store_differential.py runs the same operations on both).
 
-Besides: a smaller change outbox (bounded bookkeeping per write) and memory-mapped reads.
-
-Per-operation overhead (docs/embedded-db.md, "Per-operation cost"):
-
-6. With inline=True (only in the embedded child, a process of its own) operations run on
-   the event loop instead of a worker thread each, and
-7. the change hand-off after each write runs without its per-call lease-renewal thread.
-8. A filter {_id: v, ...} (ObjectId/string v, whatever else) reads the one document stored
-   under v's key and checks the filter in Python, instead of a full-scan SQL filter.
-9. The wire `insert` command with several documents (pymongo's insert_many) goes through
-   mongoeco's own insert_many, i.e. its batch path: one transaction and one index pass for
-   the whole batch, instead of one insert_one (and one commit) per document. Per-document
-   errors (duplicate keys) are reported exactly as before. `install_batch_insert_command`
-   applies it; only the embedded child calls it.
-10. No change-event bookkeeping. mongoeco records every write in a change outbox (a full copy
-   of the document, serialized, plus lease/checkpoint commits to hand it to the change-stream
-   hub). Its wire server rejects `$changeStream` ("Unsupported aggregation stage"), so in the
-   embedded child nothing can ever read that outbox: `disable_change_publication` makes every
-   operation's context DISABLED (mongoeco's own policy for writes nobody may observe) and the
-   hand-off returns at once. About 1.4x on inserts and -30 % per conditional update.
-11. Immutable values are shared by deep copies. mongoeco deep-copies a document about 19
-   times per update (results, operators, outcomes); `copy.deepcopy` rebuilds every datetime
-   and ObjectId through `__reduce_ex__`, 40 % of an update's time. Both types are immutable,
-   so `share_immutable_values` registers them in the copy module's table of atomic types,
-   as str and int are (a private table of the standard library, stable since Python 2; the
-   child process only).
-12. The feature merge (3.) of any write reuses the serialized form the write stored (the
-   batch path's prepared payloads, what `_serialize_document` produced within the write, or
-   for an update, which stores its row with SQL, that row read back in the same
-   transaction) instead of encoding the documents again.
-
-Pinned to the version it was written against: with any other mongoeco the plain engine is
-used (make_engine logs a warning) until this module is re-checked.
+THE FENCE: every mongoeco (and `copy`) internal this module touches is listed in INTERNALS.
+`check_internals` runs before anything is patched: a mongoeco other than PINNED_VERSION, or
+any listed name missing, stops the child with MongoecoInternalsChanged (halochat then fails
+to start, loudly) instead of running on internals nobody re-read. tests/test_store_fence.py
+keeps INTERNALS equal to what the module really touches.
 """
 
 import contextvars
 import copy
 import datetime
+import importlib
+import inspect
 import math
 import sqlite3
 import threading
@@ -88,11 +57,7 @@ from mongoeco.core.paths import get_document_value
 from mongoeco.core.query_plan import AndCondition, EqualsCondition
 from mongoeco.engines._sqlite_connection import sqlite_read_scope
 from mongoeco.engines._sqlite_plan_heuristics import sort_requires_python
-from mongoeco.engines.sqlite import (
-    _SQLITE_CHANGE_DISPATCH,
-    SQLiteEngine,
-    _ChangeDispatchHeartbeat,
-)
+from mongoeco.engines.sqlite import SQLiteEngine
 from mongoeco.engines.sqlite_query import (
     json_path_for_field,
     type_expression_sql,
@@ -102,13 +67,161 @@ from mongoeco.engines.virtual_indexes import document_in_virtual_index
 from mongoeco.errors import BulkWriteError
 from mongoeco.types import ObjectId, WriteCommandResult, WriteErrorEntry
 
-PATCHED_VERSION = "4.11.0"
-MMAP_BYTES = 1 << 30  # address space only; pages come from the OS page cache
-CACHE_KIB = 32 * 1024
-# halochat opens no change streams. mongoeco records every write in a change outbox anyway
-# (there is no switch); this many newest entries are kept (its default: 10,000, and tables
-# of that size made each write slower until the store held as many documents).
-CHANGE_OUTBOX_MAX_ENTRIES = 1_000
+PINNED_VERSION = "4.11.0"
+
+# module[:class] -> the internal (underscore) names used from it, and the public names of
+# private modules. Instance attributes are checked on a probe engine, or in __init__'s source.
+INTERNALS: dict[str, tuple[str, ...]] = {
+    "mongoeco.engines.sqlite:SQLiteEngine": (
+        # overridden (their signatures are checked too: see _SIGNATURES)
+        "_run_blocking",
+        "_validate_document_against_unique_indexes",
+        "_load_indexes",
+        "_sort_requires_python",
+        "_select_first_document_for_plan",
+        "_insert_document_sync",
+        "_insert_documents_sync",
+        "_serialize_document",
+        "_update_with_operation_sync",
+        "_rebuild_multikey_entries_for_document",
+        "_rebuild_scalar_entries_for_document",
+        "_invalidate_collection_features_cache",
+        # called
+        "_bind_connection",
+        "_deserialize_document",
+        "_field_traverses_array_in_collection",
+        "_field_contains_tagged_bytes_in_collection",
+        "_field_contains_tagged_undefined_in_collection",
+        "_index_value",
+        "_plan_has_array_traversing_paths",
+        "_require_connection",
+        "_storage_key",
+        "_translate_query_plan_with_multikey",
+        "_unique_index_uses_multikey_values",
+        "_unique_key_error",
+        "_validate_compound_multikey_shape",
+        # called by name for the feature merge (3), see _FEATURES
+        "_field_is_top_level_array_in_collection",
+        "_field_traverses_dbref_in_collection",
+        "_field_contains_tagged_value_type_in_collection",
+        "_field_contains_real_numeric_in_collection",
+        "_field_contains_non_ascii_text_in_collection",
+        "_field_has_comparison_type_mismatch_in_collection",
+        "_field_has_scalar_or_array_element_type_mismatch_in_collection",
+        "_field_has_uniform_scalar_sort_type_in_collection",
+        # instance attribute
+        "_collection_features_cache",
+    ),
+    "mongoeco.engines._sqlite_connection": ("sqlite_read_scope",),
+    "mongoeco.engines._sqlite_plan_heuristics": ("sort_requires_python",),
+    "mongoeco.core.codec:DocumentCodec": ("_is_tagged_value", "_MARKER", "_TYPE", "_VALUE"),
+    "mongoeco.api._async.collection:AsyncCollection": ("_new_operation_context",),
+    "mongoeco.api._async._database_admin_write_commands": (
+        "DatabaseAdminWriteCommandService",
+        "_write_command_result",
+        "command_boolean",
+        "write_command_acknowledged",
+    ),
+    "mongoeco.api._async._database_admin_write_commands:DatabaseAdminWriteCommandService": (
+        "_admin",  # instance attribute
+    ),
+    "mongoeco.api._async.database_admin:AsyncDatabaseAdminService": (
+        "_database",  # instance attribute
+        "_mongodb_dialect",
+        "_normalize_insert_documents",
+        "_normalize_ordered_from_command",
+        "_require_collection_name",
+    ),
+    "copy": ("_deepcopy_dispatch", "_deepcopy_atomic"),
+}
+
+# The overridden methods' parameters as written against 4.11.0 (kinds aside): a changed
+# signature means mongoeco calls them differently now.
+_SIGNATURES: dict[str, str] = {
+    "_run_blocking": "(self, func, *args, **kwargs)",
+    "_validate_document_against_unique_indexes": (
+        "(self, db_name, coll_name, document, exclude_storage_key=None, "
+        "skip_id_check=False, scan_payload_id=False)"
+    ),
+    "_load_indexes": "(self, db_name, coll_name)",
+    "_sort_requires_python": "(self, db_name, coll_name, plan, sort)",
+    "_select_first_document_for_plan": "(self, db_name, coll_name, plan, hint=None, context=None)",
+    "_serialize_document": "(self, document)",
+    "_insert_documents_sync": (
+        "(self, db_name, coll_name, documents, prepared_documents, snapshot_indexes, context, "
+        "bypass_document_validation=False, snapshot_options=None, operation_context=None)"
+    ),
+    "_rebuild_multikey_entries_for_document": (
+        "(self, conn, db_name, coll_name, storage_key, document, indexes)"
+    ),
+    "_rebuild_scalar_entries_for_document": (
+        "(self, conn, db_name, coll_name, storage_key, document, indexes)"
+    ),
+    "_invalidate_collection_features_cache": "(self, db_name=None, coll_name=None)",
+}
+
+
+class MongoecoInternalsChanged(RuntimeError):
+    """The installed mongoeco is not the one this module was checked against."""
+
+
+def _instance_attribute(cls: type, name: str) -> bool:
+    return any(
+        f"self.{name} =" in inspect.getsource(klass.__init__)
+        for klass in cls.__mro__
+        if "__init__" in vars(klass)
+    )
+
+
+def _signature(func: Any) -> str:
+    # Names and defaults, without annotations (their spelling may change harmlessly).
+    params = inspect.signature(func).parameters.values()
+    return "(" + ", ".join(str(p.replace(annotation=p.empty)) for p in params) + ")"
+
+
+def internals_problems() -> list[str]:
+    """What differs from the mongoeco this module was written against (empty: nothing)."""
+    if mongoeco.__version__ != PINNED_VERSION:
+        return [f"mongoeco {mongoeco.__version__} installed, {PINNED_VERSION} pinned"]
+    problems = []
+    probe = None
+    for owner, names in INTERNALS.items():
+        module_name, _, class_name = owner.partition(":")
+        try:
+            target: Any = importlib.import_module(module_name)
+            if class_name:
+                target = getattr(target, class_name)
+        except (ImportError, AttributeError):
+            problems.append(f"{owner} is gone")
+            continue
+        for name in names:
+            if hasattr(target, name):
+                continue
+            if owner.endswith(":SQLiteEngine"):
+                probe = probe or target(":memory:")  # not connected: nothing to close
+                if hasattr(probe, name):
+                    continue
+            elif isinstance(target, type) and _instance_attribute(target, name):
+                continue
+            problems.append(f"{owner}.{name} is gone")
+    engine_class = importlib.import_module("mongoeco.engines.sqlite").SQLiteEngine
+    for name, expected in _SIGNATURES.items():
+        method = getattr(engine_class, name, None)
+        if method is not None and _signature(method) != expected:
+            problems.append(f"SQLiteEngine.{name}{_signature(method)}, expected {expected}")
+    return problems
+
+
+def check_internals() -> None:
+    """Raises MongoecoInternalsChanged unless every internal used here is as written for."""
+    if problems := internals_problems():
+        raise MongoecoInternalsChanged(
+            "halochat/db/mongoeco_flat.py was written against mongoeco "
+            f"{PINNED_VERSION}'s internals: {'; '.join(problems)}. Install "
+            f"mongoeco[wire]=={PINNED_VERSION} (pyproject.toml pins it), or re-check the "
+            "module against the new source, or set MONGODB_URI to use MongoDB."
+        )
+
 
 # Feature-cache kinds (the key's text before the first ':') -> the engine method computing
 # it and whether the feature is "some document has P" (else: the uniform sort type).
@@ -132,10 +245,6 @@ _NUMBER_TAGS_SQL = ", ".join(f"'{tag}'" for tag in _NUMBER_TAGS)
 _DECIMAL_TAGS_SQL = "'decimal128', 'decimal128_public'"
 # Kinds whose key is "kind:field:extra" (extra never contains ':'; a field may not either).
 _TWO_ARG_KINDS = {"tagged_type", "comparison_mismatch", "scalar_or_array_comparison_mismatch"}
-
-
-def patch_applies() -> bool:
-    return mongoeco.__version__ == PATCHED_VERSION
 
 
 class _RowsOnly:
@@ -200,59 +309,27 @@ def _id_of_plan(plan: Any) -> Any:
 
 
 class FlatCostSQLiteEngine(SQLiteEngine):
-    """SQLiteEngine whose insert/find/update cost does not grow with the collection."""
+    """SQLiteEngine whose insert/find/update cost does not grow with the collection. Only
+    for a process of its own (6: its SQLite work runs on the caller's event loop)."""
 
-    def __init__(self, path: str, *, inline: bool = False, **kwargs: Any) -> None:
-        kwargs.setdefault("change_outbox_max_entries", CHANGE_OUTBOX_MAX_ENTRIES)
+    def __init__(self, path: str, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
         self._flat = threading.local()
-        self._inline = inline
 
-    # 6 + 7: per-operation overhead (only with inline=True: a process of its own) ------------
+    # 6: no thread hop per operation ---------------------------------------------------------
 
     async def _run_blocking(self, func: Any, /, *args: Any, **kwargs: Any) -> Any:
         # mongoeco hands each operation to a worker thread so that it never blocks the
-        # caller's event loop. The embedded child's loop does nothing else, and its event loop
-        # thread running the SQLite work directly saves two thread hand-offs per operation.
-        # Operations still run one at a time and commit before they return; the context is
-        # copied as mongoeco does for its workers.
-        if not self._inline:
-            return await super()._run_blocking(func, *args, **kwargs)
+        # caller's event loop. The embedded child's loop does nothing else: running the SQLite
+        # work directly saves two thread hand-offs per operation. Operations still run one at
+        # a time and commit before they return; the context is copied as mongoeco does.
         return contextvars.copy_context().run(func, *args, **kwargs)
 
     def dispatch_committed_changes(self, consumer_id: str, consumer: Any) -> None:
-        if self._inline and _PUBLICATION_DISABLED:
-            return  # 10: nothing is ever recorded, so there is nothing to hand over
-        # After every write mongoeco hands the new change-outbox entries to the change-stream
-        # hub under a lease, and starts (and joins) a thread that renews the lease every 10 s
-        # in case the hand-off is slow. Inline, the hand-off of one write's entry takes well
-        # under a millisecond and nothing else runs meanwhile, so the 30 s lease needs no
-        # renewing: the same lease, hand-off and checkpoints, without the thread.
-        if not self._inline:
+        # 10: with publication disabled nothing is recorded, so there is nothing to hand over
+        # (mongoeco would still take and release a lease, with a thread, after every write).
+        if not _PUBLICATION_DISABLED:
             super().dispatch_committed_changes(consumer_id, consumer)
-            return
-        with _SQLITE_CHANGE_DISPATCH.hold(f"{self._change_dispatch_scope}\0{consumer_id}"):
-            generation = self._acquire_change_dispatch_lease(consumer_id)
-            try:
-                self._dispatch_committed_changes_serial(
-                    consumer_id,
-                    consumer,
-                    generation=generation,
-                    heartbeat=_ChangeDispatchHeartbeat(),
-                )
-            finally:
-                self._release_change_dispatch_lease(consumer_id, generation)
-
-    # 5: connections -------------------------------------------------------------------------
-
-    def _create_sqlite_connection(self) -> sqlite3.Connection:
-        # Readers open short-lived connections, each with a cold 2 MB page cache by default;
-        # memory-mapped reads share the OS page cache, so a larger file costs no more I/O calls.
-        connection = super()._create_sqlite_connection()
-        if self._path != ":memory:":
-            connection.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
-            connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        return connection
 
     # 1 + 2: unique-index validation -----------------------------------------------------
 
@@ -268,26 +345,47 @@ class FlatCostSQLiteEngine(SQLiteEngine):
     ) -> None:
         if scan_payload_id and not id_contains_numeric_value(document.get("_id")):
             scan_payload_id = False
-        handled = []
-        for index in self._load_indexes(db_name, coll_name):
+        indexes = self._load_indexes(db_name, coll_name)
+        narrowed = {}
+        for index in indexes:
             queries = self._narrowed_unique_check(db_name, coll_name, document, index)
             if queries is not None:
-                handled.append((index, queries))
-        names = {index["name"] for index, _ in handled}
+                narrowed[index["name"]] = queries
+        checks = {
+            "exclude_storage_key": exclude_storage_key,
+            "skip_id_check": skip_id_check,
+            "scan_payload_id": scan_payload_id,
+        }
+        if not narrowed:
+            super()._validate_document_against_unique_indexes(
+                db_name, coll_name, document, **checks
+            )
+            return
+        # mongoeco's order, so that a document breaking several keys is refused for the same
+        # one: the _id, then every index's multikey shape, then each unique index in turn.
+        names = {index["name"] for index in indexes}
         with self._without_indexes(names):
             super()._validate_document_against_unique_indexes(
-                db_name,
-                coll_name,
-                document,
-                exclude_storage_key=exclude_storage_key,
-                skip_id_check=skip_id_check,
-                scan_payload_id=scan_payload_id,
+                db_name, coll_name, document, **checks
             )
-        for index, queries in handled:
-            self._validate_compound_multikey_shape(document, index)
-            self._check_unique_candidates(
-                db_name, coll_name, document, index, queries, exclude_storage_key
-            )
+        for index in indexes:
+            if document_in_virtual_index(document, index):
+                self._validate_compound_multikey_shape(document, index)
+        for index in indexes:
+            queries = narrowed.get(index["name"])
+            if queries is not None:
+                self._check_unique_candidates(
+                    db_name, coll_name, document, index, queries, exclude_storage_key
+                )
+            elif index["unique"]:
+                with self._without_indexes(names - {index["name"]}):
+                    super()._validate_document_against_unique_indexes(
+                        db_name,
+                        coll_name,
+                        document,
+                        exclude_storage_key=exclude_storage_key,
+                        skip_id_check=True,
+                    )
 
     def _narrowed_unique_check(
         self, db_name: str, coll_name: str, document: dict[str, Any], index: Any
@@ -688,11 +786,23 @@ def install_batch_insert_command() -> None:
     service.command_insert = command_insert
 
 
+def adapted_engine(path: str) -> FlatCostSQLiteEngine:
+    """The embedded child's engine: checks the internals (raises MongoecoInternalsChanged),
+    installs the process-wide changes 9-11 and returns the adapted engine. Only for a process
+    that serves nothing else (python -m halochat.db.embedded)."""
+    check_internals()
+    install_batch_insert_command()
+    disable_change_publication()
+    share_immutable_values()
+    return FlatCostSQLiteEngine(path)
+
+
 __all__ = [
-    "PATCHED_VERSION",
+    "INTERNALS",
+    "PINNED_VERSION",
     "FlatCostSQLiteEngine",
-    "disable_change_publication",
-    "install_batch_insert_command",
-    "patch_applies",
-    "share_immutable_values",
+    "MongoecoInternalsChanged",
+    "adapted_engine",
+    "check_internals",
+    "internals_problems",
 ]
