@@ -129,3 +129,17 @@ async def set_test_tiers(settings: Settings, enabled: bool) -> AppConfig:
         tiers += list(TEST_TIERS)
     values = config.values().model_copy(update={"tiers": tiers})
     return await replace_config(settings, ConfigValues.model_validate(values.model_dump()))
+
+
+def tier_view(config: AppConfig) -> list[dict[str, Any]]:
+    """The tiers as a customer is offered them (chat options, extension offer)."""
+    return [
+        {
+            "id": t.id,
+            "label": t.label,
+            "minutes": t.minutes,
+            "price": t.price,
+            "currency": t.currency,
+        }
+        for t in config.tiers
+    ]
