@@ -17,7 +17,7 @@ from halochat.constants import (
 from halochat.documents import ChatSession, User
 from halochat.documents.common import utcnow
 from halochat.domain.access import invalid_state, participant_session
-from halochat.domain.session_events import current_session, grace_fields, tell
+from halochat.domain.session_events import current_session, grace_fields, party_notice
 from halochat.domain.state_machine import Trigger, guard, transition
 from halochat.errors import ApiError
 from halochat.observability import timeline
@@ -83,13 +83,9 @@ async def submit_closure(
         timeline.actor_of(user),
         {"role": role.value, "text": closure.text},
     )
-    tell(
-        services,
-        written,
-        role.counterpart,
-        ServerFrame.CLOSURE_SUBMITTED,
-        {"role": role.value, "closure": closure.model_dump(mode="json")},
-    )
+    data = {"role": role.value, "closure": closure.model_dump(mode="json")}
+    notice = party_notice(written, role.counterpart, ServerFrame.CLOSURE_SUBMITTED, data)
+    services.notifier.publish(notice)
     if written.closures.customer is None or written.closures.mitra is None:
         return written
     completed = await transition(

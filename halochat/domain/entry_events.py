@@ -15,6 +15,7 @@ from halochat.domain.session_events import (
     extension_view,
     other_name,
     party_notice,
+    push_to_mitra,
     session_push,
 )
 from halochat.domain.triggers import Entered, Trigger
@@ -41,21 +42,15 @@ async def active(services: Services, entered: Entered) -> list[Event]:
             party_notice(session, role, ServerFrame.SESSION_RESUMED, {"ends_at": session.ends_at})
             for role in PARTIES
         ]
-    mitra_id, mitra_name = str(session.mitra_id), session.mitra_name
-    push = Push(
-        type=PushType.PAIRING_RESULT,
-        session_id=str(session.id),
-        title="Your Bestie is here",
-        body=f"{mitra_name} accepted your chat",
-        data={
-            "result": S.ACTIVE.value,
-            "state": S.ACTIVE.value,
-            "mitra_id": mitra_id,
-            "mitra_name": mitra_name,
-            "other_id": mitra_id,
-            "other_name": mitra_name,
-            "other_role": Role.MITRA.value,
-        },
+    push = session_push(
+        session,
+        Role.CUSTOMER,
+        PushType.PAIRING_RESULT,
+        "Your Bestie is here",
+        f"{session.mitra_name} accepted your chat",
+        result=S.ACTIVE.value,
+        mitra_id=str(session.mitra_id),
+        mitra_name=session.mitra_name,
     )
     # session.started carries only the session (no session_id beside it, docs/protocol.md).
     events: list[Event] = [
@@ -122,14 +117,11 @@ async def extension_pending(services: Services, entered: Entered) -> list[Event]
     session = entered.session
     ext = session.extension
     assert ext is not None
-    push = session_push(
+    push = push_to_mitra(
         session,
-        Role.MITRA,
         PushType.EXTENSION_REQUEST,
         "Extension request",
         f"{session.customer_name} wants {ext.minutes} more minutes",
-        customer_id=str(session.customer_id),
-        customer_name=session.customer_name,
         extension_id=ext.id,
         minutes=ext.minutes,
         price=ext.price,

@@ -30,10 +30,10 @@ from halochat.domain.session_events import (
     PARTIES,
     dump_extension,
     other_name,
+    party_notice,
     record_answer,
     seconds,
     session_push,
-    tell,
 )
 from halochat.domain.state_machine import Trigger, can, timer_job, transition
 from halochat.observability import timeline
@@ -95,13 +95,13 @@ async def send_warning(
         return False
     warned = ChatSession.model_validate(raw)
     remaining = max(0, round((ends_at - now).total_seconds()))
-    for role in PARTIES:
-        tell(
-            services,
+    data = {"remaining_seconds": remaining, "ends_at": ends_at}
+    services.notifier.publish_all(
+        party_notice(
             warned,
             role,
             ServerFrame.ONE_MINUTE_LEFT,
-            {"remaining_seconds": remaining, "ends_at": ends_at},
+            data,
             session_push(
                 warned,
                 role,
@@ -112,6 +112,8 @@ async def send_warning(
                 ends_at=ends_at.isoformat(),
             ),
         )
+        for role in PARTIES
+    )
     return True
 
 

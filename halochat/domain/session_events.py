@@ -38,6 +38,22 @@ def session_push(
     )
 
 
+def push_to_mitra(
+    session: ChatSession, type_: PushType, title: str, body: str, **data: object
+) -> Push:
+    """A push for the Mitra about the session's customer, also named as customer_id/_name."""
+    return session_push(
+        session,
+        Role.MITRA,
+        type_,
+        title,
+        body,
+        customer_id=str(session.customer_id),
+        customer_name=session.customer_name,
+        **data,
+    )
+
+
 def party_notice(
     session: ChatSession,
     role: Role,
@@ -47,17 +63,6 @@ def party_notice(
 ) -> PartyNotice:
     """`type_` for one party: the session id, `data`, and the session as that party sees it."""
     return PartyNotice(session, role, type_, {"session_id": str(session.id), **data}, push)
-
-
-def tell(
-    services: Services,
-    session: ChatSession,
-    role: Role,
-    type_: ServerFrame,
-    data: dict[str, Any],
-    push: Push | None = None,
-) -> None:
-    services.notifier.publish(party_notice(session, role, type_, data, push))
 
 
 def other_name(session: ChatSession, role: Role) -> str:

@@ -5,8 +5,8 @@ from typing import Any
 
 from beanie import PydanticObjectId
 
-from halochat.constants import TransactionStatus
-from halochat.documents import ChatSession, Transaction
+from halochat.constants import TransactionKind, TransactionStatus
+from halochat.documents import ChatSession, ExtensionRequest, TierSnapshot, Transaction
 from halochat.documents.common import utcnow
 
 
@@ -27,6 +27,28 @@ async def void_transactions(session: ChatSession) -> None:
             "$set": {"status": TransactionStatus.VOID.value, "updated_at": utcnow()},
             "$unset": {"free_trial_customer_id": ""},
         },
+    )
+
+
+def new_transaction(
+    customer_id: PydanticObjectId,
+    session_id: PydanticObjectId,
+    kind: TransactionKind,
+    terms: TierSnapshot | ExtensionRequest,
+    status: TransactionStatus,
+    **extra: Any,
+) -> Transaction:
+    """A transaction for what the customer chose (a tier snapshot or an extension)."""
+    return Transaction(
+        customer_id=customer_id,
+        session_id=session_id,
+        kind=kind,
+        tier_id=terms.tier_id,
+        minutes=terms.minutes,
+        price=terms.price,
+        currency=terms.currency,
+        status=status,
+        **extra,
     )
 
 

@@ -32,7 +32,7 @@ from halochat.domain.session_events import (
     session_push,
 )
 from halochat.domain.state_machine import Trigger, can, transition
-from halochat.domain.transactions import transaction_view
+from halochat.domain.transactions import new_transaction, transaction_view
 from halochat.errors import ApiError
 from halochat.notify.events import Event
 from halochat.observability import timeline
@@ -95,15 +95,12 @@ async def _accept_extension(
     pending_payment. The transaction is stored first so the session can point at it in the
     same update; if the update loses (a second answer, the grace job) it is deleted again."""
     now = utcnow()
-    txn = Transaction(
-        customer_id=session.customer_id,
-        session_id=session.id,
-        kind=TransactionKind.EXTENSION,
-        tier_id=ext.tier_id,
-        minutes=ext.minutes,
-        price=ext.price,
-        currency=ext.currency,
-        status=TransactionStatus.PENDING_PAYMENT,
+    txn = new_transaction(
+        session.customer_id,
+        session.id,
+        TransactionKind.EXTENSION,
+        ext,
+        TransactionStatus.PENDING_PAYMENT,
     )
     await txn.insert()
     answered = dump_extension(

@@ -16,7 +16,7 @@ from halochat.constants import (
 from halochat.documents import ChatSession, ExtensionRequest, User
 from halochat.documents.common import utcnow
 from halochat.domain.access import invalid_state, participant_session
-from halochat.domain.app_config import require_config
+from halochat.domain.app_config import require_config, tier_terms
 from halochat.domain.session_events import (
     current_session,
     dump_extension,
@@ -38,14 +38,7 @@ async def request_extension(
     tier = config.tier(tier_id)
     if tier is None:
         raise ApiError(404, ErrorCode.TIER_NOT_FOUND, f"no tier {tier_id!r}")
-    ext = ExtensionRequest(
-        id=uuid.uuid4().hex,
-        tier_id=tier.id,
-        label=tier.label,
-        minutes=tier.minutes,
-        price=tier.price,
-        currency=tier.currency,
-    )
+    ext = ExtensionRequest(id=uuid.uuid4().hex, **tier_terms(tier))
     # The Mitra is asked to confirm on entering EXTENSION_PENDING (entry_events.py).
     pending = await transition(
         services,

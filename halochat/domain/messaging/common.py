@@ -12,6 +12,7 @@ from halochat.constants import (
 from halochat.documents import ChatSession, Message, User
 from halochat.domain.access import invalid_state, load_session, session_not_found
 from halochat.errors import ApiError
+from halochat.notify.events import Origin
 from halochat.observability import metrics
 
 
@@ -25,6 +26,18 @@ class Sender:
     @classmethod
     def of_user(cls, user: User) -> "Sender":
         return cls(user.id, user.role)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A send being stored: who, where, what, from which device, and by when (loop time)."""
+
+    who: Sender
+    session_id: PydanticObjectId
+    client_msg_id: str
+    body: str
+    origin: Origin | None
+    deadline: float
 
 
 @dataclass(frozen=True)

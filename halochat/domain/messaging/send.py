@@ -24,6 +24,7 @@ from halochat.documents.common import utcnow
 from halochat.domain import live_sessions
 from halochat.domain.live_sessions import LiveSession, session_lock
 from halochat.domain.messaging.common import (
+    Outgoing,
     Sender,
     SendResult,
     invalid_input,
@@ -67,7 +68,7 @@ async def send_message(
     body: str,
     origin: Origin | None = None,
 ) -> SendResult:
-    """Stores the message under the next seq, then delivers it (WS + push). Acks must only
+    """Stores the message under the next seq, then publishes it (WS + push). Acks must only
     be sent after this returns: the message is durable by then."""
     body = body.strip()
     limit = services.settings.message_max_chars
@@ -79,23 +80,14 @@ async def send_message(
     # overloaded (and not stored) instead of queueing without bound.
     loop = asyncio.get_running_loop()
     deadline = (received_at.get() or loop.time()) + services.settings.store_wait_seconds
+    out = Outgoing(who, session_id, client_msg_id, body, origin, deadline)
     # Shielded: a dropped socket must not cancel a send halfway (seq taken, message unsure).
-    return await asyncio.shield(
-        _store_and_deliver(services, who, session_id, client_msg_id, body, origin, deadline)
-    )
+    return await asyncio.shield(_store_and_publish(services, out))
 
 
-async def _store_and_deliver(
-    services: Services,
-    who: Sender,
-    session_id: PydanticObjectId,
-    client_msg_id: str,
-    body: str,
-    origin: Origin | None,
-    deadline: float,
-) -> SendResult:
-    lock = session_lock(session_id)
-    remaining = deadline - asyncio.get_running_loop().time()
+async def _store_and_publish(services: Services, out: Outgoing) -> SendResult:
+    lock = session_lock(out.session_id)
+    remaining = out.deadline - asyncio.get_running_loop().time()
     try:
         if remaining <= 0:
             raise TimeoutError
@@ -103,31 +95,22 @@ async def _store_and_deliver(
     except TimeoutError as exc:
         raise overloaded() from exc
     try:
-        return await _store_and_deliver_locked(
-            services, who, session_id, client_msg_id, body, origin, deadline
-        )
+        return await _store_and_publish_locked(services, out)
     finally:
         lock.release()
 
 
-async def _store_and_deliver_locked(
-    services: Services,
-    who: Sender,
-    session_id: PydanticObjectId,
-    client_msg_id: str,
-    body: str,
-    origin: Origin | None,
-    deadline: float,
-) -> SendResult:
+async def _store_and_publish_locked(services: Services, out: Outgoing) -> SendResult:
+    who, session_id = out.who, out.session_id
     live = await live_sessions.load(session_id)
     if live is None or live.party_id(who.role) != who.id:
         # A retry of a message stored before the session left ACTIVE still gets its ack.
-        if live is None and (stored := await stored_message(session_id, client_msg_id)):
+        if live is None and (stored := await stored_message(session_id, out.client_msg_id)):
             return await retried(who, session_id, stored)
         raise await why_refused(who, session_id, "send messages")
     if live.time_up(utcnow()):
         raise time_up(live)
-    message = await insert_next(services, live, who, client_msg_id, body, deadline)
+    message = await insert_next(services, live, out)
     if isinstance(message, SendResult):
         return message
     sender_name = live.party_name(who.role)
@@ -135,7 +118,7 @@ async def _store_and_deliver_locked(
         type=PushType.CHAT_MESSAGE,
         session_id=str(session_id),
         title=sender_name,
-        body=preview(body),
+        body=preview(out.body),
         data={
             "sender_id": str(who.id),
             "sender_name": sender_name,
@@ -158,7 +141,7 @@ async def _store_and_deliver_locked(
             sender_id=who.id,
             recipient_id=live.party_id(who.role.counterpart),
             push=push,
-            origin=origin,
+            origin=out.origin,
         )
     )
     return SendResult(message, replayed=False)

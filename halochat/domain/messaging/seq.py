@@ -16,6 +16,7 @@ from halochat.documents.common import utcnow
 from halochat.domain.access import load_session, session_not_found
 from halochat.domain.live_sessions import LiveSession, session_lock
 from halochat.domain.messaging.common import (
+    Outgoing,
     Sender,
     SendResult,
     overloaded,
@@ -60,16 +61,10 @@ async def recover_messaging(open_sessions: list[ChatSession]) -> None:
             session.last_seq = await repair_seq(session.id)
 
 
-async def insert_next(
-    services: Services,
-    live: LiveSession,
-    who: Sender,
-    client_msg_id: str,
-    body: str,
-    deadline: float,
-) -> Message | SendResult:
+async def insert_next(services: Services, live: LiveSession, out: Outgoing) -> Message | SendResult:
     """Stores the message under live.last_seq + 1 (called under the session lock). The seq
     is only taken once the insert succeeded, so a failed insert leaves no gap."""
+    who, client_msg_id, body = out.who, out.client_msg_id, out.body
     for _ in range(2):
         doc = {
             "_id": PydanticObjectId(),
@@ -83,7 +78,7 @@ async def insert_next(
         }
         try:
             await services.message_writer.insert(
-                doc, size=len(body.encode()) + DOC_OVERHEAD_BYTES, deadline=deadline
+                doc, size=len(body.encode()) + DOC_OVERHEAD_BYTES, deadline=out.deadline
             )
         except StoreOverloaded as exc:
             raise overloaded() from exc

@@ -7,13 +7,13 @@ from typing import Any
 
 from beanie import PydanticObjectId
 
-from halochat.constants import ChoiceKind, OptionsKind, PushType, Role, ServerFrame, SessionState
+from halochat.constants import ChoiceKind, OptionsKind, PushType, ServerFrame, SessionState
 from halochat.documents import AppConfig, ChatSession, User
 from halochat.documents.common import utcnow
 from halochat.domain.app_config import require_config, tier_view
+from halochat.domain.session_events import push_to_mitra
 from halochat.domain.transactions import has_transaction
 from halochat.notify.events import UserNotice
-from halochat.push import Push
 from halochat.services import Services
 
 
@@ -79,24 +79,15 @@ def chat_request_data(session: ChatSession) -> dict[str, Any]:
 
 def offer_to(services: Services, session: ChatSession, mitra_id: PydanticObjectId) -> None:
     """`chat.request` on the Mitra's sockets, or a push that opens this request."""
-    push = Push(
-        type=PushType.CHAT_REQUEST,
-        session_id=str(session.id),
-        title="New chat request",
-        body=f"{session.customer_name} wants to chat for {session.tier.minutes} minutes",
-        data={
-            "customer_id": str(session.customer_id),
-            "customer_name": session.customer_name,
-            "other_id": str(session.customer_id),
-            "other_name": session.customer_name,
-            "other_role": Role.CUSTOMER.value,
-            "state": session.state.value,
-            "minutes": session.tier.minutes,
-            "label": session.tier.label,
-            "pairing_deadline": session.pairing_deadline.isoformat()
-            if session.pairing_deadline
-            else None,
-        },
+    deadline = session.pairing_deadline
+    push = push_to_mitra(
+        session,
+        PushType.CHAT_REQUEST,
+        "New chat request",
+        f"{session.customer_name} wants to chat for {session.tier.minutes} minutes",
+        minutes=session.tier.minutes,
+        label=session.tier.label,
+        pairing_deadline=deadline.isoformat() if deadline else None,
     )
     data = chat_request_data(session)
     services.notifier.publish(UserNotice(mitra_id, ServerFrame.CHAT_REQUEST, data, push))

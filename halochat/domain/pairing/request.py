@@ -23,7 +23,7 @@ from halochat.constants import (
 )
 from halochat.documents import AppConfig, ChatSession, TierSnapshot, Transaction, User
 from halochat.documents.common import utcnow
-from halochat.domain.app_config import require_config
+from halochat.domain.app_config import require_config, tier_terms
 from halochat.domain.pairing.offers import (
     free_trial_cooldown,
     free_trial_eligible,
@@ -31,6 +31,7 @@ from halochat.domain.pairing.offers import (
     pairing_status,
 )
 from halochat.domain.state_machine import enter
+from halochat.domain.transactions import new_transaction
 from halochat.errors import ApiError
 from halochat.notify.events import UserNotice
 from halochat.observability import timeline
@@ -79,14 +80,7 @@ async def _snapshot(
     tier = config.tier(tier_id or "")
     if tier is None:
         raise ApiError(404, ErrorCode.TIER_NOT_FOUND, f"no tier {tier_id!r}")
-    return TierSnapshot(
-        kind=ChoiceKind.TIER,
-        tier_id=tier.id,
-        label=tier.label,
-        minutes=tier.minutes,
-        price=tier.price,
-        currency=tier.currency,
-    )
+    return TierSnapshot(kind=ChoiceKind.TIER, **tier_terms(tier))
 
 
 async def available_mitras() -> list[User]:
@@ -109,15 +103,12 @@ async def request_chat(
     now = utcnow()
     session_id = PydanticObjectId()
     free_trial = choice == ChoiceKind.FREE_TRIAL
-    txn = Transaction(
-        customer_id=customer.id,
-        session_id=session_id,
-        kind=TransactionKind.FREE_TRIAL if free_trial else TransactionKind.TIER,
-        tier_id=snapshot.tier_id,
-        minutes=snapshot.minutes,
-        price=snapshot.price,
-        currency=snapshot.currency,
-        status=TransactionStatus.PAID,
+    txn = new_transaction(
+        customer.id,
+        session_id,
+        TransactionKind.FREE_TRIAL if free_trial else TransactionKind.TIER,
+        snapshot,
+        TransactionStatus.PAID,
         free_trial_customer_id=customer.id if free_trial else None,
     )
     try:
