@@ -1,23 +1,18 @@
 """The per-app service container handed to domain functions (app.ctx.services)."""
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from beanie import PydanticObjectId
 from pymongo import AsyncMongoClient
 
 from halochat.config import Settings
-from halochat.constants import ServerFrame
 from halochat.db.group_commit import InsertBatcher
 from halochat.documents import Message
 from halochat.jobs.timers import Timers
-from halochat.push import Push, PushService
+from halochat.notify.local import LocalDelivery
+from halochat.notify.notifier import Notifier
+from halochat.push import PushService
 from halochat.rate_limits import RateLimits
 from halochat.ws.hub import Hub
-
-
-def frame(type_: ServerFrame, data: dict[str, Any]) -> dict[str, Any]:
-    return {"type": type_.value, "data": data}
 
 
 @dataclass
@@ -32,25 +27,13 @@ class Services:
         default_factory=lambda: InsertBatcher(Message.get_pymongo_collection)
     )
     rate_limits: RateLimits = field(init=False)
+    # The one way events leave the domain (halochat/notify): this process's hub and FCM.
+    notifier: Notifier = field(init=False)
 
     def __post_init__(self) -> None:
         self.rate_limits = RateLimits(self.settings)
+        self.notifier = Notifier(LocalDelivery(self.hub, self.push))
         # Overload bounds (docs/operations.md "Limits and overload").
         self.message_writer.max_inflight = self.settings.store_max_inflight
         self.message_writer.max_inflight_bytes = self.settings.store_max_inflight_bytes
         self.message_writer.target_seconds = self.settings.store_wait_seconds / 2
-
-    def notify(
-        self,
-        user_id: PydanticObjectId | None,
-        type_: ServerFrame,
-        data: dict[str, Any],
-        push: Push | None = None,
-    ) -> None:
-        """Sends an event to every live device of the user; when none is in the foreground
-        (no socket, or the app reported background), sends `push` over FCM instead."""
-        if user_id is None:
-            return
-        foreground = self.hub.send_to_user(user_id, frame(type_, data))
-        if push is not None and foreground == 0:
-            self.push.send_later(user_id, push)

@@ -244,7 +244,6 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
         ws=ws,
         user_id=user.id,
         role=user.role,
-        display_name=user.display_name,
         device_id=request.args.get("device_id"),
         expires_at=identity.expires_at,
         token_issued_at=identity.issued_at,

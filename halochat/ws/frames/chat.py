@@ -8,12 +8,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from halochat.constants import ClientFrame, ErrorCode, ReceiptKind, TypingState
 from halochat.domain import messaging
 from halochat.domain.messaging import Sender
-from halochat.inputs import INT64_MAX, Line, Text
-from halochat.routes.common import object_id
+from halochat.inputs import INT64_MAX, Line, Text, object_id
 from halochat.services import Services
 from halochat.views import message_view
 from halochat.ws.hub import Connection
 from halochat.ws.registry import AckThen, on
+from halochat.ws.resync import plan_hello, resync
 
 # Strict: a number where text is expected (or the reverse) is a 422, not silently coerced.
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -53,12 +53,16 @@ def _session_id(value: str) -> PydanticObjectId:
     return object_id(value, ErrorCode.SESSION_NOT_FOUND, "session")
 
 
+def _sender(conn: Connection) -> Sender:
+    return Sender(conn.user_id, conn.role)
+
+
 @on(ClientFrame.SEND)
 async def send(services: Services, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     frame = SendFrame.model_validate(data)
     result = await messaging.send_message(
         services,
-        Sender.of_conn(conn),
+        _sender(conn),
         _session_id(frame.session_id),
         frame.client_msg_id,
         frame.body,
@@ -72,7 +76,7 @@ async def receipt(services: Services, conn: Connection, data: dict[str, Any]) ->
     frame = ReceiptFrame.model_validate(data)
     return await messaging.receipt(
         services,
-        Sender.of_conn(conn),
+        _sender(conn),
         _session_id(frame.session_id),
         frame.kind,
         frame.seq,
@@ -84,7 +88,7 @@ async def receipt(services: Services, conn: Connection, data: dict[str, Any]) ->
 async def typing(services: Services, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     frame = TypingFrame.model_validate(data)
     forwarded = await messaging.typing(
-        services, Sender.of_conn(conn), _session_id(frame.session_id), frame.state
+        services, _sender(conn), _session_id(frame.session_id), frame.state
     )
     return {"forwarded": forwarded}
 
@@ -92,9 +96,9 @@ async def typing(services: Services, conn: Connection, data: dict[str, Any]) -> 
 @on(ClientFrame.HELLO)
 async def hello(services: Services, conn: Connection, data: dict[str, Any]) -> AckThen:
     frame = HelloFrame.model_validate(data)
-    plan = messaging.plan_hello(frame.sessions)
+    plan = plan_hello(frame.sessions)
 
     async def run(send_ack: Any) -> None:
-        await messaging.resync(conn, plan, send_ack)
+        await resync(conn, plan, send_ack)
 
     return AckThen({"sessions": len(frame.sessions)}, run)
