@@ -1,7 +1,9 @@
 """Operators and support: /metrics moves by exact amounts after a scripted session, the
 admin's session timeline lists every step in order with its actor, the export includes it,
 and HALOCHAT_LOG_FORMAT=json writes one JSON object per line with request / connection ids.
-One server for the module: a tier "minute" is 3 s, the warning comes 1.5 s before the end."""
+One server for the module, on the test clock (docs/testing.md): a tier "minute" is 10
+minutes, the warning comes 60 s before the end, and the timers fire when a test advances the
+clock."""
 
 import asyncio
 import json
@@ -25,23 +27,31 @@ from tests.support.fake_fcm import DEAD_PREFIX, FakeFcm
 from tests.support.flows import make_pair, open_active_session
 from tests.support.server import REPO_ROOT, ServerProcess
 
+LEAD = 60
 ENV = {
-    "HALOCHAT_MINUTE_SECONDS": "3",
-    "HALOCHAT_WARNING_LEAD_SECONDS": "1.5",
-    "HALOCHAT_GRACE_SECONDS": "20",  # never runs out during a test: closures complete
+    "HALOCHAT_MINUTE_SECONDS": "600",
+    "HALOCHAT_WARNING_LEAD_SECONDS": str(LEAD),
+    "HALOCHAT_GRACE_SECONDS": "36000",  # never runs out during a test: closures complete
     "HALOCHAT_LOG_FORMAT": "json",
     "HALOCHAT_ACCESS_LOG": "true",
 }
-ONE_MINUTE = "test-1m"  # 3 s here
+ONE_MINUTE = "test-1m"  # 10 minutes here
 EXPORT_COMMAND = (sys.executable, "-m", "halochat", "export")
-LONG = "15m"  # 45 s here
+LONG = "15m"  # 150 minutes here
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest.fixture(scope="module")
 def server(server_factory: Any) -> ServerProcess:
-    return server_factory(env=ENV)
+    return server_factory(env=ENV, clock=True)
+
+
+async def run_out(server: ServerProcess, session: dict[str, Any]) -> None:
+    """The test clock to the session's warning, then past its end: both timers fire."""
+    ends_at = datetime.fromisoformat(session["ends_at"].replace("Z", "+00:00"))
+    await server.advance_past(ends_at - timedelta(seconds=LEAD), margin=0.05)
+    await server.advance_past(ends_at)
 
 
 async def scrape(server: ServerProcess) -> Samples:
@@ -139,6 +149,8 @@ async def test_metrics_move_by_exact_amounts(server: ServerProcess, fake_fcm: Fa
         assert bad["error"]["code"] == "validation_error"
 
         # The timed session runs out: its warning and expiry timers fire.
+        await run_out(server, timed)
+
         async def expired() -> dict[str, Any]:
             async with api(server.base_url, timed_c) as http:
                 return (await http.get(f"/v1/sessions/{timed['id']}")).json()["session"]
@@ -236,7 +248,9 @@ async def test_timeline_through_expiry_extension_reject_and_closure(
     async with sockets(server.ws_url, mitra) as (mws,):
         session = await open_active_session(server, customer, mitra, tier_id=ONE_MINUTE)
         sid = session["id"]
-        await mws.wait_for("session.expired", timeout=20, session_id=sid)
+        await run_out(server, session)
+        await mws.wait_for("session.one_minute_left", session_id=sid)
+        await mws.wait_for("session.expired", session_id=sid)
         resp = await post(server, customer, f"/v1/sessions/{sid}/extension",
                           {"tier_id": ONE_MINUTE})
         assert resp.status_code == 200, resp.text
