@@ -9,12 +9,12 @@ import asyncio
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
@@ -36,7 +36,6 @@ ENV = {
     "HALOCHAT_ACCESS_LOG": "true",
 }
 ONE_MINUTE = "test-1m"  # 10 minutes here
-EXPORT_COMMAND = (sys.executable, "-m", "halochat", "export")
 LONG = "15m"  # 150 minutes here
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -240,7 +239,7 @@ def steps(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 
 async def test_timeline_through_expiry_extension_reject_and_closure(
-    server: ServerProcess, admin: Actor, fake_fcm: FakeFcm
+    server: ServerProcess, admin: Actor, fake_fcm: FakeFcm, tmp_path: Path
 ) -> None:
     """The customer is away (pushes to a device); the Mitra is on the WebSocket."""
     customer, mitra = make_pair(server, "timeline")
@@ -320,7 +319,7 @@ async def test_timeline_through_expiry_extension_reject_and_closure(
     assert expiry_due == session["ends_at"]
 
     # The export includes it, in the same order.
-    exported = run_export(server, "--session", sid, "--timeline")
+    exported = run_export(server, tmp_path, "--session", sid, "--timeline")
     lines = [json.loads(line) for line in exported.splitlines()]
     assert lines[0]["record"] == "session"
     timeline_lines = [line for line in lines if line["record"] == "timeline"]
@@ -358,19 +357,14 @@ def test_export_timeline_needs_jsonl(capsys: pytest.CaptureFixture[str]) -> None
     assert "--timeline needs --format jsonl" in capsys.readouterr().err
 
 
-def export_env(server: ServerProcess) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HALOCHAT_")}
-    env.update({"MONGODB_URI": server.mongodb_uri or "", "HALOCHAT_DB_NAME": server.db_name})
-    return env
-
-
-def run_export(server: ServerProcess, *args: str) -> str:
-    proc = subprocess.run(
-        [*EXPORT_COMMAND, *args],
-        cwd=REPO_ROOT, env=export_env(server), capture_output=True, timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr.decode()
-    return proc.stdout.decode()
+def run_export(server: ServerProcess, tmp_path: Path, *args: str) -> str:
+    """`halochat export` in-process, on the server's database (a subprocess would prove
+    nothing more: tests/test_export.py and tests/test_cli.py cover the command itself)."""
+    output = tmp_path / "export.jsonl"
+    env = {"MONGODB_URI": server.mongodb_uri or "", "HALOCHAT_DB_NAME": server.db_name}
+    with mock.patch.dict(os.environ, env):
+        export.main([*args, "--output", str(output)])
+    return output.read_text(encoding="utf-8")
 
 
 # --- JSON logs -----------------------------------------------------------------------------
