@@ -8,6 +8,10 @@ the sweeper (halochat/domain/sweeper.py) fires any deadline a timer missed.
 A job that raises (the database unreachable, say) is retried with backoff under the same id
 until it returns: the domain steps check the clock and the state themselves, so "done" and
 "no longer due" both simply return.
+
+Deadlines are on halochat's clock (halochat/clock.py); APScheduler waits on the system clock,
+so each job is armed at the system time when our clock reads its deadline. On a test clock,
+`advance` moves both together (docs/testing.md "The test clock").
 """
 
 import asyncio
@@ -166,7 +170,7 @@ class Timers:
         async with asyncio.timeout(timeout):
             while True:
                 await asyncio.sleep(0)  # the wakeup runs on the loop (call_soon)
-                now = datetime.now(UTC)
+                now = datetime.now(UTC)  # APScheduler's time: the system clock, not ours
                 due = any(
                     job.next_run_time is not None and job.next_run_time <= now
                     for job in self.scheduler.get_jobs()
