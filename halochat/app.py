@@ -9,6 +9,7 @@ from sanic.response import HTTPResponse
 from sanic_ext import Extend, openapi
 
 import halochat.ws.frames  # noqa: F401  (registers the frame handlers)
+from halochat import clock
 from halochat.auth import firebase_auth_app
 from halochat.cluster.membership import Membership
 from halochat.config import Settings
@@ -23,7 +24,7 @@ from halochat.jobs.timers import Timers
 from halochat.observability import logs, metrics, timeline
 from halochat.playground import playground_blueprint
 from halochat.push import PushService
-from halochat.routes import ROUTE_BLUEPRINTS
+from halochat.routes import ROUTE_BLUEPRINTS, test_clock
 from halochat.services import Services
 from halochat.settings_check import check_settings
 from halochat.ws.handler import websocket_endpoint
@@ -40,6 +41,13 @@ def create_app(settings: Settings | None = None) -> Sanic:
             "embedded database when MONGODB_URI is unset)"
         )
     check_settings(settings)  # no forgeable tokens (raises UnsafeSettings)
+    if settings.test_clock_offset_seconds is not None:  # tests only (docs/testing.md)
+        clock.install(clock.ManualClock(settings.test_clock_offset_seconds))
+        log.warning(
+            "TEST CLOCK: time runs %g s ahead of the system clock and an admin may advance it "
+            "(POST /v1/test/clock); never in production",
+            settings.test_clock_offset_seconds,
+        )
     app = Sanic(settings.app_name)
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
     # Oversized frames are answered with an error frame by our own check, so the
@@ -64,6 +72,9 @@ def create_app(settings: Settings | None = None) -> Sanic:
     ws_bp.add_websocket_route(websocket_endpoint, "/ws")
     app.blueprint(ws_bp)
     openapi.exclude(bp=ws_bp)
+    if settings.test_clock_offset_seconds is not None:
+        app.blueprint(test_clock.bp)
+        openapi.exclude(bp=test_clock.bp)
     if settings.playground:
         # Static files for developers (docs/playground.md), not part of the API.
         playground_bp = playground_blueprint()

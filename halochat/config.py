@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = 5.0
     embedded_restart_delay_seconds: float = 0.5
 
+    # Tests only (docs/testing.md "The test clock"): unset = the system clock. Set = a manual
+    # clock starting this many seconds ahead, advanced through POST /v1/test/clock (admin);
+    # refused unless dev_mode is set (halochat/settings_check.py).
+    test_clock_offset_seconds: float | None = Field(default=None, ge=0)
+
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> "Settings":
         # A live process must renew its lease at least twice within the TTL.

@@ -21,8 +21,15 @@ def check_settings(settings: Settings) -> str | None:
     local mode: the JWT secret must not be the one in the source, and must be at least
     MIN_JWT_SECRET_BYTES long, unless HALOCHAT_DEV_MODE is set (then the problem is returned,
     for the caller to warn about). firebase mode: local tokens are not accepted at all (the
-    JWT secret is unused), and the project id must be known.
+    JWT secret is unused), and the project id must be known. The test clock (an admin could
+    move every deadline) only runs with HALOCHAT_DEV_MODE.
     """
+    if settings.test_clock_offset_seconds is not None and not settings.dev_mode:
+        raise UnsafeSettings(
+            "HALOCHAT_TEST_CLOCK_OFFSET_SECONDS is set: the server would run on a test clock "
+            "that an admin can move forward, ending every session early. Unset it (production "
+            "runs on the system clock), or set HALOCHAT_DEV_MODE=1 for a test server."
+        )
     if settings.auth_mode == AuthMode.FIREBASE:
         if not firebase_project_id(settings):
             raise UnsafeSettings(

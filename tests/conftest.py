@@ -74,6 +74,7 @@ def server_factory(
         own_db: bool = False,
         start: bool = True,
         test_tiers: bool = True,
+        clock: bool = False,
     ) -> ServerProcess:
         workdir: Path = tmp_path_factory.mktemp("server")
         proc = ServerProcess(
@@ -81,6 +82,7 @@ def server_factory(
             mongodb_uri=None if own_db else mongodb_uri,
             env={**FAST_ENV, **fcm_env, **(env or {})},
             test_tiers=test_tiers,
+            clock=clock,
         )
         started.append(proc)
         return proc.start() if start else proc

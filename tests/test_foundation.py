@@ -290,10 +290,14 @@ async def test_playground_is_off_by_default(server: ServerProcess) -> None:
     async with api(server.base_url) as http:
         for path in ("/playground", "/playground/", "/playground/index.html"):
             assert_error(await http.get(path), 404, "not_found")
+        # Nor is the test clock's control (docs/testing.md): only a test server has it.
+        assert_error(
+            await http.post("/v1/test/clock", json={"advance_seconds": 60}), 404, "not_found"
+        )
         spec = (await http.get("/docs/openapi.json")).json()
     assert "/v1/admin/users" in spec["paths"]
     assert "/v1/admin/users/{user_id}/token" in spec["paths"]
-    assert not [p for p in spec["paths"] if p.startswith("/playground")]
+    assert not [p for p in spec["paths"] if p.startswith(("/playground", "/v1/test"))]
 
 
 async def test_devices_register_list_delete(server: ServerProcess) -> None:

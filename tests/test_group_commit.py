@@ -4,7 +4,9 @@ ACTIVE session lives in memory and is stored when the session leaves ACTIVE (or 
 from the stored messages at start-up). Checked end to end: the embedded store's wire batch
 insert keeps MongoDB's per-document errors, bursts over many sessions stay gap-free with
 retries and clashes in the same batches, ending / expiring with sends in flight stores the
-exact counter, and a kill or a stop followed by a restart numbers on without gap."""
+exact counter, and a kill or a stop followed by a restart numbers on without gap. The
+server runs on the test clock (docs/testing.md): a session expires when a test advances the
+clock past its end."""
 
 import asyncio
 import contextlib
@@ -25,9 +27,9 @@ from tests.support.flows import full_history, make_pair, open_active_session, se
 from tests.support.server import ServerProcess
 from tests.support.stored import stored_chat
 
-ENV = {"HALOCHAT_MINUTE_SECONDS": "2", "HALOCHAT_WARNING_LEAD_SECONDS": "1"}
-ONE_MINUTE = "test-1m"  # 2 s here
-LONG = "60m"  # 2 min here: never runs out during a test
+ENV = {"HALOCHAT_MINUTE_SECONDS": "60", "HALOCHAT_WARNING_LEAD_SECONDS": "10"}
+ONE_MINUTE = "test-1m"  # 60 s of the test clock
+LONG = "60m"  # an hour: never runs out during a test
 SESSIONS = 8
 PER_SIDE = 10
 IN_FLIGHT = 4  # frames a client has sent and awaits answers for, per socket
@@ -35,7 +37,7 @@ IN_FLIGHT = 4  # frames a client has sent and awaits answers for, per socket
 
 @pytest.fixture(scope="module")
 def server(server_factory: ServerFactory) -> ServerProcess:
-    return server_factory(env=ENV)
+    return server_factory(env=ENV, clock=True)
 
 
 async def send(ws: WsClient, session_id: str, cmid: str, body: str | None = None) -> Any:
@@ -356,20 +358,23 @@ async def test_ending_early_with_sends_in_flight_stores_the_counter(
 async def test_expiry_with_sends_in_flight_stores_the_counter(server: ServerProcess) -> None:
     customer, mitra = make_pair(server, "-expiry")
     async with sockets(server, customer, mitra) as (cws, mws):
-        sid = (await open_active_session(server, customer, mitra, tier_id=ONE_MINUTE))["id"]
+        session = await open_active_session(server, customer, mitra, tier_id=ONE_MINUTE)
+        sid = session["id"]
 
         def expired(ws: WsClient) -> bool:
             return any(f["data"]["session_id"] == sid for f in ws.pending("session.expired"))
 
-        streams = Streams(sid, [])
-        tasks = streams.start([cws, mws], expired, asyncio.Event(), enough_at=1)
+        streams, enough = Streams(sid, []), asyncio.Event()
+        tasks = streams.start([cws, mws], expired, enough, enough_at=20)
+        await asyncio.wait_for(enough.wait(), 30)
+        await server.advance_past(session["ends_at"])  # sends are in flight on both sides
         await asyncio.wait_for(asyncio.gather(*tasks), 30)  # each ends at its first refusal
         for role, ws in (("customer", cws), ("mitra", mws)):
             await ws.wait_for("session.expired", session_id=sid)
             after = await send(ws, sid, f"after-{role}")
             streams.log.append(Sent(f"after-{role}", after, True))
     n = check_left_active(server, sid, streams.log, "EXPIRED")
-    assert n >= 1, "nothing was acked before the session expired"
+    assert n >= 20
     view = await session_view(server, customer, sid)
     assert view["state"] == "EXPIRED" and view["last_seq"] == n
 
@@ -377,8 +382,8 @@ async def test_expiry_with_sends_in_flight_stores_the_counter(server: ServerProc
 # --- 5. restart ------------------------------------------------------------------------------
 
 
-async def test_restart_repairs_the_counter_and_numbers_on(server_factory: ServerFactory) -> None:
-    server = server_factory()  # this test kills and restarts its own server
+async def test_restart_repairs_the_counter_and_numbers_on(server: ServerProcess) -> None:
+    """Kills and restarts the module's server: the module's last test."""
     customer, mitra = make_pair(server, "-restart")
     sid = (await open_active_session(server, customer, mitra, tier_id="15m"))["id"]
     log: list[Sent] = []

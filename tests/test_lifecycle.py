@@ -1,12 +1,16 @@
 """Session lifecycle end to end: warning, expiry, extension (accepted / rejected / declined),
 end early, closures, grace completion, ownership, and timers that fire twice, late, or in
-two server processes at once. Real servers, real WebSocket clients, the fake FCM endpoint;
-one tier "minute" is 2 s, the warning comes 1 s before the end, the grace period is 3 s."""
+two server processes at once. Real servers, real WebSocket clients, the fake FCM endpoint.
+
+The module's server runs on the test clock (docs/testing.md): one tier "minute" is 10
+minutes, the warning comes 60 s before the end, the grace period is 5 minutes, and nothing
+falls due until a test advances the clock past a deadline. The two-process test runs on
+real timers (a 6 s minute), so APScheduler's own waiting stays covered."""
 
 import asyncio
 import signal
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -26,18 +30,31 @@ from tests.support.fake_fcm import FakeFcm
 from tests.support.flows import make_pair, open_active_session
 from tests.support.server import ServerProcess
 
+MINUTE, LEAD, GRACE = 600, 60, 300  # seconds of the test clock
 TIMINGS = {
-    "HALOCHAT_MINUTE_SECONDS": "2",
-    "HALOCHAT_WARNING_LEAD_SECONDS": "1",
-    "HALOCHAT_GRACE_SECONDS": "3",
+    "HALOCHAT_MINUTE_SECONDS": str(MINUTE),
+    "HALOCHAT_WARNING_LEAD_SECONDS": str(LEAD),
+    "HALOCHAT_GRACE_SECONDS": str(GRACE),
+    # Only the timers fire deadlines here (the sweeper is tests/test_faults.py's).
+    "HALOCHAT_SWEEP_INTERVAL_SECONDS": "3600",
 }
-ONE_MINUTE = "test-1m"  # 2 s here
-LONG = "15m"  # 30 s here: never runs out during a test
+ONE_MINUTE = "test-1m"  # 10 minutes here
+LONG = "15m"  # 150 minutes here: never runs out during a test
 
 
 @pytest.fixture(scope="module")
 def server(server_factory: Any) -> ServerProcess:
-    return server_factory(env=TIMINGS)
+    return server_factory(env=TIMINGS, clock=True)
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+async def to_warning(server: ServerProcess, ends_at: str) -> None:
+    """The test clock to the warning time of `ends_at` (a hair past it: the warning's
+    remaining_seconds is then LEAD, rounded)."""
+    await server.advance_past(parse_time(ends_at) - timedelta(seconds=LEAD), margin=0.05)
 
 
 def assert_error(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -88,9 +105,12 @@ async def test_full_paid_session(server: ServerProcess) -> None:
         sid = session["id"]
         first_end = session["ends_at"]
 
+        await to_warning(server, first_end)
         for warning in await both([cws, mws], "session.one_minute_left", session_id=sid):
-            assert warning["data"]["remaining_seconds"] == 1
+            assert warning["data"]["remaining_seconds"] == LEAD
             assert warning["data"]["ends_at"] == first_end
+        assert not cws.pending("session.expired")
+        await server.advance_past(first_end)
         c_exp, m_exp = await both([cws, mws], "session.expired", session_id=sid)
         assert c_exp["data"]["session"]["state"] == "EXPIRED"
         assert c_exp["data"]["session"]["end_reason"] == "time_up"
@@ -155,8 +175,10 @@ async def test_full_paid_session(server: ServerProcess) -> None:
         assert len(extension_transactions(server, sid)) == 1
 
         # Second round: one warning for the new ends_at, then expiry again.
+        await to_warning(server, second_end)
         for warning in await both([cws, mws], "session.one_minute_left", session_id=sid):
             assert warning["data"]["ends_at"] == second_end
+        await server.advance_past(second_end)
         await both([cws, mws], "session.expired", session_id=sid)
 
         resp = await post(server, customer, f"/v1/sessions/{sid}/extension/decline")
@@ -210,6 +232,7 @@ async def test_extension_rejected_then_grace_with_no_closure(
     async with sockets(server.ws_url, customer) as (cws,):
         session = await open_active_session(server, customer, mitra, tier_id=ONE_MINUTE)
         sid = session["id"]
+        await server.advance_past(session["ends_at"])
         await cws.wait_for("session.expired", session_id=sid)
         [expired_push] = fake_fcm.wait_for(token, type="session_expired", session_id=sid)
         assert expired_push["data"]["other_id"] == customer.id
@@ -247,6 +270,10 @@ async def test_extension_rejected_then_grace_with_no_closure(
         assert closing["data"]["reason"] == "extension_rejected"
         assert closing["data"]["ended_by"] == "mitra"
 
+        grace_deadline = closing["data"]["session"]["grace_deadline"]
+        await server.advance(GRACE / 2)  # halfway: still CLOSING
+        assert stored(server, sid)["state"] == "CLOSING"
+        await server.advance_past(grace_deadline)
         done = await cws.wait_for("session.completed", session_id=sid)
         assert done["data"]["completed_by"] == "grace_elapsed"
         assert done["data"]["session"]["closures"] == {"customer": None, "mitra": None}
@@ -289,7 +316,9 @@ async def test_end_early_and_grace_with_one_closure(server: ServerProcess) -> No
         assert stored(server, sid) == before
         resp = await post(server, mitra, f"/v1/sessions/{sid}/closure", {"text": "y" * 1000})
         assert resp.status_code == 200, resp.text
+        assert resp.json()["session"]["state"] == "CLOSING"  # one closure: grace runs on
 
+        await server.advance_past(resp.json()["session"]["grace_deadline"])
         done = await cws.wait_for("session.completed", session_id=sid)
         assert done["data"]["completed_by"] == "grace_elapsed"
         await mws.wait_for("session.completed", session_id=sid)
@@ -360,6 +389,7 @@ async def test_unknown_tier_and_concurrent_answers(server: ServerProcess) -> Non
     async with sockets(server.ws_url, customer) as (cws,):
         session = await open_active_session(server, customer, mitra, tier_id=ONE_MINUTE)
         sid = session["id"]
+        await server.advance_past(session["ends_at"])
         await cws.wait_for("session.expired", session_id=sid)
         before = stored(server, sid)
         resp = await post(server, customer, f"/v1/sessions/{sid}/extension", {"tier_id": "nope"})
@@ -415,9 +445,9 @@ async def services(server: ServerProcess) -> AsyncIterator[Services]:
     settings = Settings(
         mongodb_uri=server.mongodb_uri,
         db_name=server.db_name,
-        minute_seconds=2,
-        warning_lead_seconds=1,
-        grace_seconds=3,
+        minute_seconds=MINUTE,
+        warning_lead_seconds=LEAD,
+        grace_seconds=GRACE,
     )
     client = make_client(settings.mongodb_uri or "")
     await init_db(client, settings.db_name)
@@ -477,11 +507,21 @@ async def test_a_paused_process_replaced_then_resumed_tells_nobody_twice(
     expired, with its own timers overdue, the first races the second's transitions until
     its heartbeat finds the lease gone and stops it (exit status 4). Each party is told each
     thing exactly once: by a frame on one of its sockets, or by a push when it had none
-    live (the second may start before or after the session expires)."""
+    live (the second may start before or after the session expires).
+
+    The expiry runs on real timers (a 6 s test tier): APScheduler's own waiting, in both
+    processes. The grace period is long, so that a second process slow to start still finds
+    the session within it (a session past its whole grace is completed without telling
+    anyone); once the first has stopped, the second's test clock is advanced past it."""
     lease = {"HALOCHAT_LEASE_HEARTBEAT_SECONDS": "0.5", "HALOCHAT_LEASE_TTL_SECONDS": "2"}
-    env = {**TIMINGS, "HALOCHAT_MINUTE_SECONDS": "6", **lease}
-    first = server_factory(env=env)
-    second = server_factory(env=env, start=False)
+    timings = {
+        "HALOCHAT_MINUTE_SECONDS": "6",
+        "HALOCHAT_WARNING_LEAD_SECONDS": "1",
+        "HALOCHAT_GRACE_SECONDS": str(GRACE),
+    }
+    env = {**timings, **lease}
+    first = server_factory(env=env, clock=True)
+    second = server_factory(env=env, clock=True, start=False)
     second.db_name = first.db_name
     customer, mitra = make_pair(first, "race2")
     tokens = [f"race2-{actor.id}" for actor in (customer, mitra)]
@@ -505,6 +545,7 @@ async def test_a_paused_process_replaced_then_resumed_tells_nobody_twice(
                 code = await asyncio.to_thread(first.proc.wait, 30)
                 assert code == 4, first.log_tail()
                 assert "LOST THE DATABASE LEASE" in first.log_path.read_text()
+                await second.advance_past(stored(second, sid)["grace_deadline"])
                 async with asyncio.timeout(30):
                     while stored(first, sid)["state"] != "COMPLETED":  # noqa: ASYNC110
                         await asyncio.sleep(0.1)
@@ -535,3 +576,30 @@ async def test_a_paused_process_replaced_then_resumed_tells_nobody_twice(
 def lease_expired(server: ServerProcess, ttl_ms: int) -> bool:
     stale = {"$lt": ["$heartbeat_at", {"$subtract": ["$$NOW", ttl_ms]}]}
     return server.db["leases"].count_documents({"$expr": stale}) == 1
+
+
+async def test_the_test_clock_is_an_admin_control_that_only_moves_forward(
+    server: ServerProcess,
+) -> None:
+    """POST /v1/test/clock, on this test server (a production server has no such path:
+    tests/test_foundation.py)."""
+    customer, _ = make_pair(server, "clock")
+    assert_error(
+        await post(server, customer, "/v1/test/clock", {"advance_seconds": 1}), 403, "wrong_role"
+    )
+    admin = server.create_user("admin", "ClockAdmin")
+    before = server.now()
+    for bad in (
+        {"advance_seconds": -1},
+        {"advance_seconds": "soon"},
+        {"advance_seconds": 10**12},
+        {"advance_seconds": 1, "rewind": True},
+        {},
+    ):
+        assert_error(await post(server, admin, "/v1/test/clock", bad), 422, "validation_error")
+    resp = await post(server, admin, "/v1/test/clock", {"advance_seconds": 0})
+    assert resp.status_code == 200, resp.text
+    assert abs(parse_time(resp.json()["now"]) - before) < timedelta(seconds=30)
+    assert resp.json()["offset_seconds"] == server.clock_offset  # nothing moved it
+    moved = await server.advance(90)
+    assert moved - before >= timedelta(seconds=90)

@@ -1,18 +1,20 @@
 """Operators and support: /metrics moves by exact amounts after a scripted session, the
 admin's session timeline lists every step in order with its actor, the export includes it,
 and HALOCHAT_LOG_FORMAT=json writes one JSON object per line with request / connection ids.
-One server for the module: a tier "minute" is 3 s, the warning comes 1.5 s before the end."""
+One server for the module, on the test clock (docs/testing.md): a tier "minute" is 10
+minutes, the warning comes 60 s before the end, and the timers fire when a test advances the
+clock."""
 
 import asyncio
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
@@ -25,23 +27,30 @@ from tests.support.fake_fcm import DEAD_PREFIX, FakeFcm
 from tests.support.flows import make_pair, open_active_session
 from tests.support.server import REPO_ROOT, ServerProcess
 
+LEAD = 60
 ENV = {
-    "HALOCHAT_MINUTE_SECONDS": "3",
-    "HALOCHAT_WARNING_LEAD_SECONDS": "1.5",
-    "HALOCHAT_GRACE_SECONDS": "20",  # never runs out during a test: closures complete
+    "HALOCHAT_MINUTE_SECONDS": "600",
+    "HALOCHAT_WARNING_LEAD_SECONDS": str(LEAD),
+    "HALOCHAT_GRACE_SECONDS": "36000",  # never runs out during a test: closures complete
     "HALOCHAT_LOG_FORMAT": "json",
     "HALOCHAT_ACCESS_LOG": "true",
 }
-ONE_MINUTE = "test-1m"  # 3 s here
-EXPORT_COMMAND = (sys.executable, "-m", "halochat", "export")
-LONG = "15m"  # 45 s here
+ONE_MINUTE = "test-1m"  # 10 minutes here
+LONG = "15m"  # 150 minutes here
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest.fixture(scope="module")
 def server(server_factory: Any) -> ServerProcess:
-    return server_factory(env=ENV)
+    return server_factory(env=ENV, clock=True)
+
+
+async def run_out(server: ServerProcess, session: dict[str, Any]) -> None:
+    """The test clock to the session's warning, then past its end: both timers fire."""
+    ends_at = datetime.fromisoformat(session["ends_at"].replace("Z", "+00:00"))
+    await server.advance_past(ends_at - timedelta(seconds=LEAD), margin=0.05)
+    await server.advance_past(ends_at)
 
 
 async def scrape(server: ServerProcess) -> Samples:
@@ -139,6 +148,8 @@ async def test_metrics_move_by_exact_amounts(server: ServerProcess, fake_fcm: Fa
         assert bad["error"]["code"] == "validation_error"
 
         # The timed session runs out: its warning and expiry timers fire.
+        await run_out(server, timed)
+
         async def expired() -> dict[str, Any]:
             async with api(server.base_url, timed_c) as http:
                 return (await http.get(f"/v1/sessions/{timed['id']}")).json()["session"]
@@ -228,7 +239,7 @@ def steps(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 
 async def test_timeline_through_expiry_extension_reject_and_closure(
-    server: ServerProcess, admin: Actor, fake_fcm: FakeFcm
+    server: ServerProcess, admin: Actor, fake_fcm: FakeFcm, tmp_path: Path
 ) -> None:
     """The customer is away (pushes to a device); the Mitra is on the WebSocket."""
     customer, mitra = make_pair(server, "timeline")
@@ -236,7 +247,9 @@ async def test_timeline_through_expiry_extension_reject_and_closure(
     async with sockets(server.ws_url, mitra) as (mws,):
         session = await open_active_session(server, customer, mitra, tier_id=ONE_MINUTE)
         sid = session["id"]
-        await mws.wait_for("session.expired", timeout=20, session_id=sid)
+        await run_out(server, session)
+        await mws.wait_for("session.one_minute_left", session_id=sid)
+        await mws.wait_for("session.expired", session_id=sid)
         resp = await post(server, customer, f"/v1/sessions/{sid}/extension",
                           {"tier_id": ONE_MINUTE})
         assert resp.status_code == 200, resp.text
@@ -306,7 +319,7 @@ async def test_timeline_through_expiry_extension_reject_and_closure(
     assert expiry_due == session["ends_at"]
 
     # The export includes it, in the same order.
-    exported = run_export(server, "--session", sid, "--timeline")
+    exported = run_export(server, tmp_path, "--session", sid, "--timeline")
     lines = [json.loads(line) for line in exported.splitlines()]
     assert lines[0]["record"] == "session"
     timeline_lines = [line for line in lines if line["record"] == "timeline"]
@@ -344,19 +357,14 @@ def test_export_timeline_needs_jsonl(capsys: pytest.CaptureFixture[str]) -> None
     assert "--timeline needs --format jsonl" in capsys.readouterr().err
 
 
-def export_env(server: ServerProcess) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HALOCHAT_")}
-    env.update({"MONGODB_URI": server.mongodb_uri or "", "HALOCHAT_DB_NAME": server.db_name})
-    return env
-
-
-def run_export(server: ServerProcess, *args: str) -> str:
-    proc = subprocess.run(
-        [*EXPORT_COMMAND, *args],
-        cwd=REPO_ROOT, env=export_env(server), capture_output=True, timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr.decode()
-    return proc.stdout.decode()
+def run_export(server: ServerProcess, tmp_path: Path, *args: str) -> str:
+    """`halochat export` in-process, on the server's database (a subprocess would prove
+    nothing more: tests/test_export.py and tests/test_cli.py cover the command itself)."""
+    output = tmp_path / "export.jsonl"
+    env = {"MONGODB_URI": server.mongodb_uri or "", "HALOCHAT_DB_NAME": server.db_name}
+    with mock.patch.dict(os.environ, env):
+        export.main([*args, "--output", str(output)])
+    return output.read_text(encoding="utf-8")
 
 
 # --- JSON logs -----------------------------------------------------------------------------

@@ -1,21 +1,31 @@
 """Pairing end to end: options, chat request, offer to Mitras, first accept wins, timeout,
-cancel, roles and ownership; real server, real WebSocket clients, the fake FCM endpoint."""
+cancel, roles and ownership; real server, real WebSocket clients, the fake FCM endpoint.
+The server runs on the test clock (docs/testing.md): a pairing times out when the timeout
+test advances the clock past its deadline."""
 
 import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from bson import ObjectId
 
-from halochat.documents.common import utcnow
 from tests.support.clients import Actor, api, sockets
 from tests.support.fake_fcm import FakeFcm
 from tests.support.flows import make_pair, open_active_session
 from tests.support.server import ServerProcess
 
+PAIRING_TIMEOUT = 600  # seconds of the test clock
 TIER = {"choice": "tier", "tier_id": "15m"}
 FREE_TRIAL = {"choice": "free_trial"}
+
+
+@pytest.fixture(scope="module")
+def server(server_factory: Any) -> ServerProcess:
+    return server_factory(
+        env={"HALOCHAT_PAIRING_TIMEOUT_SECONDS": str(PAIRING_TIMEOUT)}, clock=True
+    )
 
 
 def assert_error(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -398,9 +408,9 @@ async def test_push_to_offline_mitra_and_customer(server: ServerProcess, fake_fc
     assert result["data"]["mitra_name"] == mitra.name
 
 
-async def test_timeout_fails_the_pairing(server_factory: Any, fake_fcm: FakeFcm) -> None:
-    fast = server_factory(env={"HALOCHAT_PAIRING_TIMEOUT_SECONDS": "1"})
-    mitra = fast.create_user("mitra", "Slow", available=True)
+async def test_timeout_fails_the_pairing(server: ServerProcess, fake_fcm: FakeFcm) -> None:
+    fast = server
+    (mitra,) = only_these_mitras_available(fast, 1, "slow")
     customer = fast.create_user("customer", "Maya")
     offline = fast.create_user("customer", "Nina")
     token = f"cust-{ObjectId()}"
@@ -410,6 +420,17 @@ async def test_timeout_fails_the_pairing(server_factory: Any, fake_fcm: FakeFcm)
             sid = (await http.post("/v1/sessions", json=FREE_TRIAL)).json()["session"]["id"]
         async with api(fast.base_url, offline) as http:
             offline_sid = (await http.post("/v1/sessions", json=TIER)).json()["session"]["id"]
+        await mws.wait_for("chat.request", session_id=offline_sid)
+        deadline = max(
+            fast.db["sessions"].find_one({"_id": ObjectId(x)})["pairing_deadline"]
+            for x in (sid, offline_sid)
+        )
+        await fast.advance(PAIRING_TIMEOUT / 2)  # halfway: both still pairing
+        for session_id in (sid, offline_sid):
+            stored = fast.db["sessions"].find_one({"_id": ObjectId(session_id)})
+            assert stored["state"] == "PAIRING"
+        assert not cws.pending("pairing.failed")
+        await fast.advance_past(deadline)
         failed = await cws.wait_for("pairing.failed", session_id=sid)
         assert failed["data"]["reason"] == "pairing_timeout"
         assert failed["data"]["session"]["state"] == "UNMATCHED"
@@ -450,7 +471,8 @@ async def test_timeout_fails_the_pairing(server_factory: Any, fake_fcm: FakeFcm)
     # start-up; one still in time gets its timer back and fails when it runs out.
     fast.kill()
     stale, pending = ObjectId(), ObjectId()
-    for session_id, deadline in ((stale, -60), (pending, 1)):
+    now = fast.now()
+    for session_id, deadline in ((stale, -60), (pending, 60)):
         txn_id = ObjectId()
         fast.db["transactions"].insert_one(
             {
@@ -471,15 +493,16 @@ async def test_timeout_fails_the_pairing(server_factory: Any, fake_fcm: FakeFcm)
                 "tier": {"kind": "tier", "tier_id": "15m", "label": "15 menit", "minutes": 15},
                 "transaction_ids": [txn_id],
                 "offered_to": [],
-                "pairing_deadline": utcnow() + timedelta(seconds=deadline),
+                "pairing_deadline": now + timedelta(seconds=deadline),
             }
         )
     fast.start()
     assert fast.db["sessions"].find_one({"_id": stale})["state"] == "UNMATCHED"
     assert fast.db["transactions"].find_one({"session_id": stale})["status"] == "void"
+    assert fast.db["sessions"].find_one({"_id": pending})["state"] == "PAIRING"
     async with sockets(fast, offline) as (ows,):
-        if fast.db["sessions"].find_one({"_id": pending})["state"] == "PAIRING":
-            await ows.wait_for("pairing.failed", session_id=str(pending))
+        await fast.advance_past(now + timedelta(seconds=60))
+        await ows.wait_for("pairing.failed", session_id=str(pending))
     assert fast.db["sessions"].find_one({"_id": pending})["state"] == "UNMATCHED"
 
 

@@ -8,16 +8,29 @@ the sweeper (halochat/domain/sweeper.py) fires any deadline a timer missed.
 A job that raises (the database unreachable, say) is retried with backoff under the same id
 until it returns: the domain steps check the clock and the state themselves, so "done" and
 "no longer due" both simply return.
+
+Deadlines are on halochat's clock (halochat/clock.py); APScheduler waits on the system clock,
+so each job is armed at the system time when our clock reads its deadline. On a test clock,
+`advance` moves both together (docs/testing.md "The test clock").
 """
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_SUBMITTED,
+    JobExecutionEvent,
+    JobSubmissionEvent,
+)
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 
+from halochat import clock
 from halochat.constants import TimelineKind, TimerKind
 from halochat.documents.common import utcnow
 from halochat.errors import database_unavailable
@@ -43,6 +56,16 @@ class Timers:
             timezone="UTC",
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
         )
+        # Jobs handed to the executor and not finished yet: what `settle` waits for.
+        self.running = 0
+        self.scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
+        self.scheduler.add_listener(self._on_finished, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+
+    def _on_submitted(self, _event: JobSubmissionEvent) -> None:
+        self.running += 1
+
+    def _on_finished(self, _event: JobExecutionEvent) -> None:
+        self.running -= 1
 
     def start(self) -> None:
         if not self.scheduler.running:
@@ -74,9 +97,11 @@ class Timers:
         args: tuple[Any, ...],
         attempt: int,
     ) -> None:
+        # APScheduler waits on the system clock; `when` is on halochat's clock (halochat/clock.py).
+        run_date = clock.current().to_system(max(when, utcnow()))
         self.scheduler.add_job(
             self._run,
-            DateTrigger(run_date=max(when, utcnow())),
+            DateTrigger(run_date=run_date),
             id=id_,
             name=f"{getattr(func, '__name__', 'job')} {id_}",
             args=[id_, func, args, attempt],
@@ -116,6 +141,37 @@ class Timers:
     @property
     def pending(self) -> int:
         return len(self.scheduler.get_jobs())
+
+    async def advance(self, seconds: float, timeout: float = 30.0) -> None:
+        """Test clock only (halochat/clock.py ManualClock): moves the clock forward, brings
+        every pending job that much closer (the scheduler waits on the system clock), wakes
+        the scheduler, and returns once the jobs that fell due have run."""
+        manual = clock.current()
+        if not isinstance(manual, clock.ManualClock):
+            raise RuntimeError("the clock can only be advanced in a test server")
+        step = manual.advance(seconds)
+        # No await from here on: a job armed meanwhile would be on the new offset already.
+        for job in self.scheduler.get_jobs():
+            if job.next_run_time is not None:  # modify() wakes the scheduler
+                job.modify(next_run_time=job.next_run_time - step)
+        if self.scheduler.running:
+            self.scheduler.wakeup()
+            await self.settle(timeout)
+
+    async def settle(self, timeout: float = 30.0) -> None:
+        """Waits until no job is due and none is running (a retry waiting out its backoff is
+        not due): what a test clock's advance means by "the timers have fired"."""
+        async with asyncio.timeout(timeout):
+            while True:
+                await asyncio.sleep(0)  # the wakeup runs on the loop (call_soon)
+                now = datetime.now(UTC)  # APScheduler's time: the system clock, not ours
+                due = any(
+                    job.next_run_time is not None and job.next_run_time <= now
+                    for job in self.scheduler.get_jobs()
+                )
+                if not due and self.running == 0:
+                    return
+                await asyncio.sleep(0.01)
 
 
 async def fire(

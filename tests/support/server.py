@@ -5,6 +5,7 @@ import signal
 import subprocess
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,10 @@ class ServerProcess:
     `test_tiers`: once started on a shared database, the developer test tiers (`test-1m`) are
     added to its configuration, as `halochat seed` does for a developer; the server's own
     default configuration has none.
+
+    `clock`: the server runs on the test clock (docs/testing.md "The test clock"): `advance()`
+    moves it forward and returns once the timers that fell due have run; `now()` is the
+    server's time. A restart keeps the clock where it was.
     """
 
     def __init__(
@@ -44,6 +49,7 @@ class ServerProcess:
         db_name: str | None = None,
         test_tiers: bool = True,
         db_uri: str | None = None,
+        clock: bool = False,
     ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -56,6 +62,8 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "server.log"
         self._db_client: MongoClient[dict[str, Any]] | None = None
+        self.clock_offset: float | None = 0.0 if clock else None
+        self._clock_admin: Actor | None = None
 
     @property
     def base_url(self) -> str:
@@ -66,14 +74,52 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     def env(self) -> dict[str, str]:
+        extra = dict(self.extra_env)
+        if self.clock_offset is not None:
+            extra["HALOCHAT_TEST_CLOCK_OFFSET_SECONDS"] = repr(self.clock_offset)
+            extra["HALOCHAT_DEV_MODE"] = "1"  # the settings check refuses a test clock without
         return child_env(
             port=self.port,
             db_name=self.db_name,
             data_dir=self.workdir / "var",
             jwt_secret=JWT_SECRET,
             mongodb_uri=self.mongodb_uri,
-            extra=self.extra_env,
+            extra=extra,
         )
+
+    # The test clock.
+    def now(self) -> datetime:
+        """The server's time (its test clock's, when it runs on one)."""
+        return datetime.now(UTC) + timedelta(seconds=self.clock_offset or 0.0)
+
+    async def advance(self, seconds: float) -> datetime:
+        """Moves the server's test clock forward; returns (the server's new time) once the
+        timers that fell due have run."""
+        if self.clock_offset is None:
+            raise RuntimeError("this server does not run on the test clock (clock=True)")
+        if self._clock_admin is None:
+            self._clock_admin = self.create_user("admin", "Clock")
+        async with httpx.AsyncClient(
+            base_url=self.base_url, headers=self._clock_admin.headers, timeout=60.0
+        ) as http:
+            resp = await http.post("/v1/test/clock", json={"advance_seconds": seconds})
+        assert resp.status_code == 200, resp.text
+        self.clock_offset = resp.json()["offset_seconds"]
+        return datetime.fromisoformat(resp.json()["now"])
+
+    async def advance_past(self, when: datetime | str, margin: float = 1.0) -> datetime:
+        """Advances the test clock to `margin` seconds after `when` (an API time or a stored
+        one); returns once what fell due by then has run."""
+        if isinstance(when, str):
+            when = datetime.fromisoformat(when.replace("Z", "+00:00"))
+        if when.tzinfo is None:  # stored times come back naive from some clients
+            when = when.replace(tzinfo=UTC)
+        return await self.advance(max(0.0, (when - self.now()).total_seconds()) + margin)
+
+    def time_passes_while_down(self, seconds: float) -> None:
+        """A stopped or killed server on the test clock starts again `seconds` later."""
+        assert self.clock_offset is not None and (self.proc is None or self.proc.poll() is not None)
+        self.clock_offset += seconds
 
     def start(self, timeout: float = 30.0) -> "ServerProcess":
         log = self.log_path.open("ab")
