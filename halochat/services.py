@@ -32,6 +32,9 @@ class Services:
         default_factory=lambda: InsertBatcher(Message.get_pymongo_collection)
     )
     rate_limits: RateLimits = field(init=False)
+    # Cluster mode (HALOCHAT_NATS_URL): halochat.cluster.delivery.ClusterDelivery, through
+    # which every event reaches the user's devices on any process. None: this process only.
+    delivery: Any = None
 
     def __post_init__(self) -> None:
         self.rate_limits = RateLimits(self.settings)
@@ -50,6 +53,20 @@ class Services:
         (no socket, or the app reported background), sends `push` over FCM instead."""
         if user_id is None:
             return
+        if self.delivery is not None:  # cluster mode: devices and the push decision anywhere
+            self.delivery.to_user(user_id, frame(type_, data), push)
+            return
         foreground = self.hub.send_to_user(user_id, frame(type_, data))
         if push is not None and foreground == 0:
             self.push.send_later(user_id, push)
+
+    def to_own_devices(
+        self, user_id: PydanticObjectId, type_: ServerFrame, data: dict[str, Any], origin: Any
+    ) -> None:
+        """An event to the user's other devices (all but `origin`, the socket that acted)."""
+        if self.delivery is not None:
+            self.delivery.to_user(user_id, frame(type_, data), exclude=origin)
+            return
+        for conn in self.hub.connections(user_id):
+            if conn is not origin:
+                conn.send(frame(type_, data))

@@ -10,6 +10,7 @@ under the same locks, so a replay never interleaves with live delivery.
 """
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -78,7 +79,10 @@ async def _repair_seq(session_id: PydanticObjectId) -> int:
 
 async def recover_messaging(open_sessions: list[ChatSession]) -> None:
     """Start-up, before serving: make last_seq of the open sessions match their messages
-    (in the database and in the given documents)."""
+    (in the database and in the given documents). Not in cluster mode: there the stored
+    last_seq is the live counter of every process, never behind."""
+    if not live_sessions.enabled:
+        return
     for session in open_sessions:
         assert session.id is not None
         async with session_lock(session.id):
@@ -167,6 +171,13 @@ def _deliver(
     origin: Connection | None,
 ) -> None:
     """Called under the session lock: frames are enqueued in seq order on every device."""
+    if services.delivery is not None:
+        # Cluster mode: over the bus; each socket keeps seq order (cluster/delivery.py).
+        services.notify(recipient_id, ServerFrame.MESSAGE, data, push=push)
+        services.to_own_devices(sender_id, ServerFrame.MESSAGE, data, origin)
+        if origin is not None:
+            services.delivery.sequencer.acked(origin, session_id, seq)
+        return
     services.notify(recipient_id, ServerFrame.MESSAGE, data, push=push)
     new_frame = frame(ServerFrame.MESSAGE, data)
     for conn in services.hub.connections(sender_id):
@@ -238,13 +249,19 @@ async def _store_and_deliver_locked(
     origin: Connection | None,
     deadline: float,
 ) -> SendResult:
-    live = await live_sessions.load(session_id)
+    if services.delivery is not None:
+        live = await _take_seq(services, who, session_id, client_msg_id)
+        if isinstance(live, SendResult):
+            return live
+    else:
+        live = await live_sessions.load(session_id)
     if live is None or live.party_id(who.role) != who.id:
         # A retry of a message stored before the session left ACTIVE still gets its ack.
         if live is None and (stored := await _stored(session_id, client_msg_id)):
             return await _retried(who, session_id, stored)
         raise await _why_refused(who, session_id, "send messages")
-    if live.time_up(utcnow()):
+    # (Cluster mode: the seq was taken before ends_at, by the database's filter.)
+    if services.delivery is None and live.time_up(utcnow()):
         raise time_up(live)
     message = await _insert_next(services, live, who, client_msg_id, body, deadline)
     if isinstance(message, SendResult):
@@ -283,6 +300,8 @@ async def _insert_next(
 ) -> Message | SendResult:
     """Stores the message under live.last_seq + 1 (called under the session lock). The seq
     is only taken once the insert succeeded, so a failed insert leaves no gap."""
+    if services.delivery is not None:
+        return await _insert_taken(services, live, who, client_msg_id, body, deadline)
     for _ in range(2):
         doc = {
             "_id": PydanticObjectId(),
@@ -311,6 +330,107 @@ async def _insert_next(
         metrics.MESSAGES_STORED.inc()
         return Message.model_validate(doc)
     raise ApiError(503, ErrorCode.UNAVAILABLE, "could not store the message, retry it")
+
+
+# --- cluster mode: the seq from the session document ---------------------------------------
+#
+# Several processes may take seqs for one session (the customer on one, the Mitra on
+# another), so the counter is the stored `last_seq` itself: one conditional $inc that also
+# checks ACTIVE, the sender and ends_at (docs/scaling.md, "One writer per session"). The
+# database decides: a transition made on any process refuses the very next send everywhere.
+
+
+async def _take_seq(
+    services: Services, who: Sender, session_id: PydanticObjectId, client_msg_id: str
+) -> LiveSession | SendResult:
+    """The next seq of an ACTIVE session the sender is a party of, before its ends_at, as
+    a LiveSession holding it (`last_seq` = the seq taken); else the refusal, raised."""
+    now = utcnow()
+    raw = await ChatSession.get_pymongo_collection().find_one_and_update(
+        {
+            "_id": session_id,
+            "state": SessionState.ACTIVE.value,
+            **_party_filter(who),
+            "ends_at": {"$gt": now},
+        },
+        {"$inc": {"last_seq": 1}},
+        projection=dict.fromkeys(
+            ("last_seq", "customer_id", "mitra_id", "customer_name", "mitra_name", "ends_at"), 1
+        ),
+        return_document=ReturnDocument.AFTER,
+    )
+    if raw is not None:
+        return LiveSession(
+            id=session_id,
+            customer_id=raw["customer_id"],
+            mitra_id=raw["mitra_id"],
+            customer_name=raw.get("customer_name") or "",
+            mitra_name=raw.get("mitra_name") or "",
+            last_seq=raw["last_seq"],
+            ends_at=raw["ends_at"],
+        )
+    # A retry of a message stored before the session left ACTIVE still gets its ack.
+    if stored := await _stored(session_id, client_msg_id):
+        return await _retried(who, session_id, stored)
+    session = await load_session(session_id)
+    if session.role_of(who.id) is None:
+        raise session_not_found()
+    if session.state == SessionState.ACTIVE and session.ends_at is not None:
+        raise ApiError(
+            409,
+            ErrorCode.INVALID_STATE,
+            "cannot send messages: the session's time is up",
+            {"state": SessionState.EXPIRED.value, "ends_at": session.ends_at.isoformat()},
+        )
+    raise invalid_state(session, "send messages")
+
+
+async def _give_back(session_id: PydanticObjectId, seq: int) -> None:
+    """The message under a taken seq was not stored: return the seq if no later one was
+    taken meanwhile (else the hole stays; readers skip it, cluster/delivery.py)."""
+    with contextlib.suppress(Exception):
+        await ChatSession.get_pymongo_collection().update_one(
+            {"_id": session_id, "last_seq": seq}, {"$inc": {"last_seq": -1}}
+        )
+
+
+async def _insert_taken(
+    services: Services,
+    live: LiveSession,
+    who: Sender,
+    client_msg_id: str,
+    body: str,
+    deadline: float,
+) -> Message | SendResult:
+    doc = {
+        "_id": PydanticObjectId(),
+        "session_id": live.id,
+        "seq": live.last_seq,
+        "sender_id": who.id,
+        "sender_role": who.role.value,
+        "client_msg_id": client_msg_id,
+        "body": body,
+        "created_at": _now_ms(),
+    }
+    try:
+        await services.message_writer.insert(
+            doc, size=len(body.encode()) + DOC_OVERHEAD_BYTES, deadline=deadline
+        )
+    except StoreOverloaded as exc:
+        await _give_back(live.id, live.last_seq)
+        raise overloaded() from exc
+    except DuplicateKeyError:
+        await _give_back(live.id, live.last_seq)
+        if stored := await _stored(live.id, client_msg_id):
+            return await _retried(who, live.id, stored)
+        raise ApiError(
+            503, ErrorCode.UNAVAILABLE, "could not store the message, retry it"
+        ) from None
+    except BaseException:
+        await _give_back(live.id, live.last_seq)
+        raise
+    metrics.MESSAGES_STORED.inc()
+    return Message.model_validate(doc)
 
 
 async def _stored(session_id: PydanticObjectId, client_msg_id: str) -> Message | None:
@@ -425,9 +545,7 @@ async def receipt(
     if (delivered, read) != (old_delivered, old_read):
         other_id = before.get(f"{who.role.counterpart.value}_id")
         services.notify(other_id, ServerFrame.RECEIPT, data)
-        for conn in services.hub.connections(who.id):
-            if conn is not origin:
-                conn.send(frame(ServerFrame.RECEIPT, data))
+        services.to_own_devices(who.id, ServerFrame.RECEIPT, data, origin)
     return data
 
 
@@ -505,7 +623,12 @@ async def _find_by_ids(
     return found
 
 
-async def resync(conn: Connection, plan: HelloPlan, send_ack: Callable[[], None]) -> None:
+async def resync(
+    conn: Connection,
+    plan: HelloPlan,
+    send_ack: Callable[[], None],
+    sequencer: Any = None,
+) -> None:
     """hello: ack, `sync` (open + listed sessions, watermarks, errors), then each listed
     session's missed messages in seq order. The listed sessions' locks are held throughout,
     so no live message for them can slip in between (or be sent twice)."""
@@ -521,10 +644,10 @@ async def resync(conn: Connection, plan: HelloPlan, send_ack: Callable[[], None]
     async with AsyncExitStack() as stack:
         for session_id in sorted(own_ids):  # one global order: no deadlock
             await stack.enter_async_context(session_lock(session_id))
+            if sequencer is not None:  # cluster mode: live frames wait for the replay
+                sequencer.pause(conn, session_id)
         send_ack()
-        listed = [
-            ChatSession.model_validate(doc) for doc in await _find_by_ids(list(own_ids), {})
-        ]
+        listed = [ChatSession.model_validate(doc) for doc in await _find_by_ids(list(own_ids), {})]
         found = {s.id: s for s in listed if s.role_of(who.id) is not None}
         open_sessions = await ChatSession.find(
             {**party, "state": {"$in": [s.value for s in OPEN_STATES]}}
@@ -541,10 +664,16 @@ async def resync(conn: Connection, plan: HelloPlan, send_ack: Callable[[], None]
             )
         )
         for session_id, session in found.items():
-            await _replay(conn, session, plan.wanted[session_id])
+            sent = await _replay(conn, session, plan.wanted[session_id])
+            if sequencer is not None:
+                sequencer.replayed(conn, session_id, sent)
+        if sequencer is not None:  # listed sessions that are not the caller's
+            for session_id in own_ids - found.keys():
+                sequencer.replayed(conn, session_id, 0)
 
 
-async def _replay(conn: Connection, session: ChatSession, last_seq: int) -> None:
+async def _replay(conn: Connection, session: ChatSession, last_seq: int) -> int:
+    """Replays the messages after last_seq; returns the last seq the device now has."""
     # Messages this device already got live (since it connected) are not repeated.
     last = current_last_seq(session)
     upto = min(conn.live_from_seq.get(session.id, last + 1) - 1, last)
@@ -552,13 +681,14 @@ async def _replay(conn: Connection, session: ChatSession, last_seq: int) -> None
     while after < upto:
         docs = await _messages_between(session.id, after, upto)
         if not docs:
-            return
+            break
         for doc in docs:
             message = Message.model_validate(doc)
             data = {"session_id": str(session.id), "message": message_view(message)}
             if not await conn.send_wait(frame(ServerFrame.MESSAGE, data)):
-                return
-        after = docs[-1]["seq"]
+                return after
+            after = doc["seq"]
+    return after
 
 
 async def _messages_between(

@@ -95,6 +95,7 @@ async def hello(services: Services, conn: Connection, data: dict[str, Any]) -> A
     plan = messaging.plan_hello(frame.sessions)
 
     async def run(send_ack: Any) -> None:
-        await messaging.resync(conn, plan, send_ack)
+        sequencer = services.delivery.sequencer if services.delivery is not None else None
+        await messaging.resync(conn, plan, send_ack, sequencer)
 
     return AckThen({"sessions": len(frame.sessions)}, run)
