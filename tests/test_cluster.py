@@ -298,3 +298,30 @@ async def test_process_killed_mid_chat(cluster: list[ServerProcess]) -> None:
     finally:
         await c1.close()
         await w1.close()
+
+
+async def test_workers_on_one_machine(server_factory: ServerFactory) -> None:
+    """HALOCHAT_WORKERS=2: a local nats-server and two cluster workers on one port; a message
+    reaches every socket of the recipient, whichever worker the kernel gave each one."""
+    proc = server_factory(env={"HALOCHAT_WORKERS": "2"})
+    members = proc.db["processes"]
+    await until(lambda: members.count_documents({"mode": "cluster"}) == 2, 30)
+    tag = uuid.uuid4().hex[:6]
+    customer = proc.create_user("customer", f"C-{tag}")
+    mitra = proc.create_user("mitra", f"M-{tag}", available=True)
+    sid = await pair(proc, proc, customer, mitra, "15m")
+    c = await ready(proc.ws_url, customer)
+    ms = [await ready(proc.ws_url, mitra) for _ in range(4)]
+    try:
+        ack = await c.request(
+            "message.send", {"session_id": sid, "client_msg_id": "w", "body": "hi"}
+        )
+        assert ack["type"] == "ack", ack
+        for m in ms:
+            await until(lambda m=m: messages(m, sid) == [1])
+    finally:
+        for client in (c, *ms):
+            await client.close()
+    proc.stop()
+    assert proc.proc is not None and proc.proc.returncode == 0, proc.log_tail()
+    assert members.count_documents({}) == 0  # both workers left cleanly

@@ -222,6 +222,7 @@ class ClusterDelivery:
         self._sender: asyncio.Task[None] | None = None
         self._on_resync = on_resync
         self.dropped = 0
+        self._stopping = False
 
     # -- connection --------------------------------------------------------------------
 
@@ -243,6 +244,7 @@ class ClusterDelivery:
         log.info("connected to the NATS bus at %s", self.url)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._sender is not None:
             # What is queued leaves first (at most a moment).
             with contextlib.suppress(TimeoutError):
@@ -259,7 +261,8 @@ class ClusterDelivery:
         return self.nc is not None and self.nc.is_connected
 
     async def _disconnected(self) -> None:
-        log.warning("NATS bus disconnected; reconnecting")
+        if not self._stopping:
+            log.warning("NATS bus disconnected; reconnecting")
 
     async def _reconnected(self) -> None:
         log.warning("NATS bus reconnected: closing the sockets here so their apps resync")
