@@ -21,6 +21,7 @@ from halochat.domain.app_config import ensure_config
 from halochat.domain.sweeper import run_sweeper
 from halochat.errors import install_error_handler
 from halochat.jobs.timers import Timers
+from halochat.notify.notifier import Notifier
 from halochat.observability import logs, metrics, timeline
 from halochat.playground import playground_blueprint
 from halochat.push import PushService
@@ -109,7 +110,8 @@ def create_app(settings: Settings | None = None) -> Sanic:
         # Cluster mode: the stored last_seq is every process's counter; events go over NATS.
         live_sessions.enabled = settings.nats_url is None
         if settings.nats_url:
-            services.delivery = await start_delivery(settings, services, app.ctx.membership.id)
+            services.cluster = await start_delivery(settings, services, app.ctx.membership.id)
+            services.notifier = Notifier(services.cluster)
         metrics.bind(lambda: services.hub.socket_count, count_sessions_by_state)
         services.timers.start()
         await recovery.recover(services)
@@ -124,8 +126,8 @@ def create_app(settings: Settings | None = None) -> Sanic:
             await app.ctx.sweeper
         services.timers.shutdown()
         await services.hub.close_all()
-        if services.delivery is not None:
-            await services.delivery.stop()
+        if services.cluster is not None:
+            await services.cluster.stop()
         await services.message_writer.aclose()
         await services.push.drain()
         await services.push.aclose()

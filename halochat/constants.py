@@ -250,3 +250,13 @@ class PushFailure(StrEnum):
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"  # one JSON object per line (docs/operations.md "Logs")
+
+
+class TimerKind(StrEnum):
+    """A session's timers (halochat/jobs/timers.py), armed on entering a state
+    (halochat/domain/state_machine.py)."""
+
+    PAIRING_TIMEOUT = "pairing_timeout"
+    WARNING = "warning"
+    EXPIRY = "expiry"
+    GRACE = "grace"

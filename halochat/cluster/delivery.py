@@ -27,6 +27,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import nats
@@ -39,6 +40,8 @@ from pymongo import ASCENDING
 
 from halochat.constants import AppState, ServerFrame
 from halochat.documents import Message
+from halochat.notify.delivery import Delivery
+from halochat.notify.events import Origin
 from halochat.push import Push, PushService
 from halochat.views import message_view
 from halochat.ws.hub import Connection, Hub
@@ -194,7 +197,7 @@ class _Publication:
     push: Push | None
 
 
-class ClusterDelivery:
+class ClusterDelivery(Delivery):
     """The Delivery of cluster mode: `to_user` reaches the user's devices on every process."""
 
     def __init__(
@@ -302,18 +305,50 @@ class ClusterDelivery:
     # -- publishing --------------------------------------------------------------------
 
     def to_user(
-        self,
-        user_id: PydanticObjectId | None,
-        frame: dict[str, Any],
-        push: Push | None = None,
-        *,
-        exclude: Connection | None = None,
+        self, user_id: PydanticObjectId, frame: dict[str, Any], push: Push | None = None
     ) -> None:
-        """The frame to every live device of the user on any process (but `exclude`, the
-        socket whose own action this is); `push` when none of them is in the foreground."""
-        if user_id is None:
-            return
-        envelope = {"f": frame, "x": [self.process_id, id(exclude)] if exclude else None}
+        """The frame to every live device of the user on any process; `push` when none of
+        them is in the foreground anywhere."""
+        self._enqueue(user_id, {"f": frame, "x": None}, push)
+
+    def to_user_except(
+        self, user_id: PydanticObjectId, frame: dict[str, Any], except_conn: Origin | None
+    ) -> None:
+        """The frame to the user's devices on any process but `except_conn` (the socket whose
+        own action this is: it got the ack, which counts as the message in its order)."""
+        if isinstance(except_conn, Connection) and frame.get("type") == ServerFrame.MESSAGE.value:
+            data = frame["data"]
+            session_id = PydanticObjectId(data["session_id"])
+            self.sequencer.acked(except_conn, session_id, data["message"]["seq"])
+        exclude = [self.process_id, id(except_conn)] if except_conn is not None else None
+        self._enqueue(user_id, {"f": frame, "x": exclude}, None)
+
+    async def close_user(
+        self,
+        user_id: PydanticObjectId,
+        code: int,
+        frame: dict[str, Any],
+        issued_until: datetime | None = None,
+    ) -> int:
+        """Closes the user's sockets here at once and on the other processes over the bus;
+        returns how many closed here."""
+        until = issued_until.isoformat() if issued_until is not None else None
+        self._enqueue(user_id, {"c": {"code": code, "f": frame, "u": until}, "p": self.process_id})
+        return await self._close_here(user_id, code, frame, issued_until)
+
+    async def _close_here(
+        self,
+        user_id: PydanticObjectId,
+        code: int,
+        frame: dict[str, Any],
+        issued_until: datetime | None,
+    ) -> int:
+        reason = str((frame.get("error") or {}).get("code", ""))
+        return await self.hub.close_user(user_id, code, reason, frame, issued_until=issued_until)
+
+    def _enqueue(
+        self, user_id: PydanticObjectId, envelope: dict[str, Any], push: Push | None = None
+    ) -> None:
         publication = _Publication(self._subject(user_id), _dumps(envelope), user_id, push)
         try:
             self._outbox.put_nowait(publication)
@@ -385,6 +420,11 @@ class ClusterDelivery:
     async def _on_frame(self, msg: Msg) -> None:
         user_id = PydanticObjectId(msg.subject.rsplit(".", 1)[-1])
         envelope = orjson.loads(msg.data)
+        if (close := envelope.get("c")) is not None:  # the user's access ended
+            if envelope.get("p") != self.process_id:  # (closed here already)
+                until = datetime.fromisoformat(close["u"]) if close.get("u") else None
+                await self._close_here(user_id, close["code"], close["f"], until)
+            return
         frame: dict[str, Any] = envelope["f"]
         exclude = envelope.get("x")
         skip = None

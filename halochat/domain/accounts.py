@@ -4,20 +4,14 @@ Each change is one `$set` on the user document, and the user's live sockets on t
 are closed at once, so nothing keeps working on a token the server now refuses.
 """
 
-from typing import Any
-
 from beanie import PydanticObjectId
 
-from halochat.auth import CLOSE_AUTH_FAILED, CLOSE_USER_DISABLED
-from halochat.constants import ErrorCode, ServerFrame
+from halochat.constants import ErrorCode
 from halochat.documents import User
 from halochat.documents.common import utcnow
 from halochat.errors import ApiError, conflict, not_found
+from halochat.notify.events import AccessEnded
 from halochat.services import Services
-
-
-def _error_frame(err: ApiError) -> dict[str, Any]:
-    return {"type": ServerFrame.ERROR.value, "id": None, "error": err.to_dict()}
 
 
 async def load_user(user_id: PydanticObjectId) -> User:
@@ -44,7 +38,7 @@ async def disable_user(services: Services, admin: User, user_id: PydanticObjectI
     if not user.disabled:
         await user.set({User.disabled: True})
     err = ApiError(403, ErrorCode.USER_DISABLED, "this account is disabled")
-    await services.hub.close_user(user_id, CLOSE_USER_DISABLED, err.code.value, _error_frame(err))
+    await services.notifier.end_access(AccessEnded(user_id, err))
     return user
 
 
@@ -64,7 +58,5 @@ async def revoke_tokens(services: Services, admin: User, user_id: PydanticObject
     now = utcnow()
     await user.set({User.tokens_valid_after: now})
     err = ApiError(401, ErrorCode.TOKEN_REVOKED, "token revoked; sign in again")
-    await services.hub.close_user(
-        user_id, CLOSE_AUTH_FAILED, err.code.value, _error_frame(err), issued_until=now
-    )
+    await services.notifier.end_access(AccessEnded(user_id, err, issued_until=now))
     return user

@@ -24,6 +24,7 @@ from halochat.constants import (
     Role,
     ServerFrame,
     SessionState,
+    TimerKind,
 )
 from halochat.documents import ChatSession
 from halochat.documents.common import utcnow
@@ -40,7 +41,6 @@ from halochat.domain.session_events import (
     tell_completed,
 )
 from halochat.domain.state_machine import Trigger, transition
-from halochat.jobs.timers import TimerKind
 from halochat.observability import timeline
 from halochat.services import Services
 

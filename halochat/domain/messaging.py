@@ -12,8 +12,6 @@ under the same locks, so a replay never interleaves with live delivery.
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from contextlib import AsyncExitStack
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,20 +38,18 @@ from halochat.domain import live_sessions
 from halochat.domain.access import invalid_state, load_session, session_not_found
 from halochat.domain.live_sessions import LiveSession, current_last_seq, session_lock
 from halochat.errors import ApiError
+from halochat.notify.events import MessageStored, Origin, ReceiptMoved, UserNotice
 from halochat.observability import metrics
 from halochat.push import Push
-from halochat.services import Services, frame
-from halochat.views import message_view, session_view
-from halochat.ws.hub import Connection
+from halochat.services import Services
+from halochat.views import message_view
 
 # When the frame or request that carries a send arrived (event-loop time); set by the
 # WebSocket worker so a send's time in the inbox counts against settings.store_wait_seconds.
 received_at: ContextVar[float | None] = ContextVar("received_at", default=None)
 
 PREVIEW_CHARS = 100
-REPLAY_BATCH = 500
 DOC_OVERHEAD_BYTES = 200  # a stored message beside its body (ids, seq, dates)
-MAX_HELLO_SESSIONS = 500
 
 # (user, session) -> monotonic time of the last forwarded typing event.
 _typing_last: dict[tuple[PydanticObjectId, PydanticObjectId], float] = {}
@@ -99,10 +95,6 @@ class Sender:
     @classmethod
     def of_user(cls, user: User) -> "Sender":
         return cls(user.id, user.role)
-
-    @classmethod
-    def of_conn(cls, conn: Connection) -> "Sender":
-        return cls(conn.user_id, conn.role)
 
 
 @dataclass(frozen=True)
@@ -160,42 +152,13 @@ async def _why_refused(who: Sender, session_id: PydanticObjectId, action: str) -
     return invalid_state(session, action)
 
 
-def _deliver(
-    services: Services,
-    session_id: PydanticObjectId,
-    seq: int,
-    data: dict[str, Any],
-    recipient_id: PydanticObjectId,
-    sender_id: PydanticObjectId,
-    push: Push,
-    origin: Connection | None,
-) -> None:
-    """Called under the session lock: frames are enqueued in seq order on every device."""
-    if services.delivery is not None:
-        # Cluster mode: over the bus; each socket keeps seq order (cluster/delivery.py).
-        services.notify(recipient_id, ServerFrame.MESSAGE, data, push=push)
-        services.to_own_devices(sender_id, ServerFrame.MESSAGE, data, origin)
-        if origin is not None:
-            services.delivery.sequencer.acked(origin, session_id, seq)
-        return
-    services.notify(recipient_id, ServerFrame.MESSAGE, data, push=push)
-    new_frame = frame(ServerFrame.MESSAGE, data)
-    for conn in services.hub.connections(sender_id):
-        if conn is not origin:  # the origin gets the ack instead
-            conn.send(new_frame)
-    # Remember the first seq each live device got live, so a later hello does not repeat it.
-    for user_id in (recipient_id, sender_id):
-        for conn in services.hub.connections(user_id):
-            conn.live_from_seq.setdefault(session_id, seq)
-
-
 async def send_message(
     services: Services,
     who: Sender,
     session_id: PydanticObjectId,
     client_msg_id: str,
     body: str,
-    origin: Connection | None = None,
+    origin: Origin | None = None,
 ) -> SendResult:
     """Stores the message under the next seq, then delivers it (WS + push). Acks must only
     be sent after this returns: the message is durable by then."""
@@ -221,7 +184,7 @@ async def _store_and_deliver(
     session_id: PydanticObjectId,
     client_msg_id: str,
     body: str,
-    origin: Connection | None,
+    origin: Origin | None,
     deadline: float,
 ) -> SendResult:
     lock = session_lock(session_id)
@@ -246,10 +209,10 @@ async def _store_and_deliver_locked(
     session_id: PydanticObjectId,
     client_msg_id: str,
     body: str,
-    origin: Connection | None,
+    origin: Origin | None,
     deadline: float,
 ) -> SendResult:
-    if services.delivery is not None:
+    if services.settings.nats_url:  # cluster mode
         live = await _take_seq(services, who, session_id, client_msg_id)
         if isinstance(live, SendResult):
             return live
@@ -261,7 +224,7 @@ async def _store_and_deliver_locked(
             return await _retried(who, session_id, stored)
         raise await _why_refused(who, session_id, "send messages")
     # (Cluster mode: the seq was taken before ends_at, by the database's filter.)
-    if services.delivery is None and live.time_up(utcnow()):
+    if not services.settings.nats_url and live.time_up(utcnow()):
         raise time_up(live)
     message = await _insert_next(services, live, who, client_msg_id, body, deadline)
     if isinstance(message, SendResult):
@@ -285,8 +248,18 @@ async def _store_and_deliver_locked(
         },
     )
     data = {"session_id": str(session_id), "message": message_view(message)}
-    recipient_id = live.party_id(who.role.counterpart)
-    _deliver(services, session_id, message.seq, data, recipient_id, who.id, push, origin)
+    # Under the session lock: every device gets a session's messages in seq order.
+    services.notifier.publish(
+        MessageStored(
+            session_id=session_id,
+            seq=message.seq,
+            data=data,
+            sender_id=who.id,
+            recipient_id=live.party_id(who.role.counterpart),
+            push=push,
+            origin=origin,
+        )
+    )
     return SendResult(message, replayed=False)
 
 
@@ -300,7 +273,7 @@ async def _insert_next(
 ) -> Message | SendResult:
     """Stores the message under live.last_seq + 1 (called under the session lock). The seq
     is only taken once the insert succeeded, so a failed insert leaves no gap."""
-    if services.delivery is not None:
+    if services.settings.nats_url:  # cluster mode
         return await _insert_taken(services, live, who, client_msg_id, body, deadline)
     for _ in range(2):
         doc = {
@@ -499,7 +472,7 @@ async def receipt(
     session_id: PydanticObjectId,
     kind: ReceiptKind,
     seq: int,
-    origin: Connection | None = None,
+    origin: Origin | None = None,
 ) -> dict[str, Any]:
     """Moves the caller's delivered/read watermark forward ($max; read implies delivered)
     and tells the other party (and the caller's other devices) when it moved."""
@@ -544,8 +517,7 @@ async def receipt(
         metrics.MESSAGES_DELIVERED.inc(delivered - old_delivered)
     if (delivered, read) != (old_delivered, old_read):
         other_id = before.get(f"{who.role.counterpart.value}_id")
-        services.notify(other_id, ServerFrame.RECEIPT, data)
-        services.to_own_devices(who.id, ServerFrame.RECEIPT, data, origin)
+        services.notifier.publish(ReceiptMoved(who.id, other_id, data, origin))
     return data
 
 
@@ -568,53 +540,35 @@ async def typing(
         for k in [k for k, t in _typing_last.items() if now - t >= interval]:
             del _typing_last[k]
     other_id, _ = session.other_party(who.role)
-    services.notify(
-        other_id,
-        ServerFrame.TYPING,
-        {
-            "session_id": str(session_id),
-            "user_id": str(who.id),
-            "role": who.role.value,
-            "state": state.value,
-        },
+    services.notifier.publish(
+        UserNotice(
+            other_id,
+            ServerFrame.TYPING,
+            {
+                "session_id": str(session_id),
+                "user_id": str(who.id),
+                "role": who.role.value,
+                "state": state.value,
+            },
+        )
     )
     return True
 
 
-@dataclass
-class HelloPlan:
-    """A parsed hello: the sessions to replay (id -> last_seq) and per-id errors."""
+# --- reads for the reconnect protocol (halochat/ws/resync.py) -------------------------------
 
-    wanted: dict[PydanticObjectId, int]
-    errors: list[dict[str, Any]]
-
-
-def _session_error(raw_id: str, err: ApiError) -> dict[str, Any]:
-    return {"session_id": raw_id, **err.to_dict()}
-
-
-def plan_hello(sessions: dict[str, int]) -> HelloPlan:
-    if len(sessions) > MAX_HELLO_SESSIONS:
-        raise invalid_input(f"at most {MAX_HELLO_SESSIONS} sessions per hello")
-    wanted: dict[PydanticObjectId, int] = {}
-    errors: list[dict[str, Any]] = []
-    for raw_id, last_seq in sessions.items():
-        try:
-            wanted[PydanticObjectId(raw_id)] = last_seq
-        except Exception:
-            errors.append(_session_error(raw_id, session_not_found()))
-    return HelloPlan(wanted, errors)
-
-
+REPLAY_BATCH = 500
 IDS_PER_QUERY = 200  # the embedded store refuses an $in of 500 ids ("expression tree")
 
 
-async def _find_by_ids(
+async def find_party_sessions(
+    who: Sender | None,
     ids: list[PydanticObjectId],
-    query: dict[str, Any],
     projection: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Sessions among `ids` matching `query`: one query per IDS_PER_QUERY ids."""
+    """Sessions among `ids` (of which `who` is a party, when given): one query per
+    IDS_PER_QUERY ids."""
+    query = {} if who is None else _party_filter(who)
     coll = ChatSession.get_pymongo_collection()
     found: list[dict[str, Any]] = []
     for start in range(0, len(ids), IDS_PER_QUERY):
@@ -623,77 +577,16 @@ async def _find_by_ids(
     return found
 
 
-async def resync(
-    conn: Connection,
-    plan: HelloPlan,
-    send_ack: Callable[[], None],
-    sequencer: Any = None,
-) -> None:
-    """hello: ack, `sync` (open + listed sessions, watermarks, errors), then each listed
-    session's missed messages in seq order. The listed sessions' locks are held throughout,
-    so no live message for them can slip in between (or be sent twice)."""
-    who = Sender.of_conn(conn)
-    party = {"customer_id" if who.role == Role.CUSTOMER else "mitra_id": who.id}
-    # Which listed sessions are the caller's, in one query BEFORE taking any lock: listing
-    # someone else's session ids must not stall their chat (it only yields errors).
-    own_ids = {doc["_id"] for doc in await _find_by_ids(list(plan.wanted), party, {"_id": 1})}
-    errors = list(plan.errors)
-    for session_id in plan.wanted:
-        if session_id not in own_ids:
-            errors.append(_session_error(str(session_id), session_not_found()))
-    async with AsyncExitStack() as stack:
-        for session_id in sorted(own_ids):  # one global order: no deadlock
-            await stack.enter_async_context(session_lock(session_id))
-            if sequencer is not None:  # cluster mode: live frames wait for the replay
-                sequencer.pause(conn, session_id)
-        send_ack()
-        listed = [ChatSession.model_validate(doc) for doc in await _find_by_ids(list(own_ids), {})]
-        found = {s.id: s for s in listed if s.role_of(who.id) is not None}
-        open_sessions = await ChatSession.find(
-            {**party, "state": {"$in": [s.value for s in OPEN_STATES]}}
-        ).to_list()
-        views: dict[PydanticObjectId, ChatSession] = {s.id: s for s in open_sessions}
-        views.update(found)
-        conn.send(
-            frame(
-                ServerFrame.SYNC,
-                {
-                    "sessions": [session_view(s, who.role) for s in views.values()],
-                    "errors": errors,
-                },
-            )
-        )
-        for session_id, session in found.items():
-            sent = await _replay(conn, session, plan.wanted[session_id])
-            if sequencer is not None:
-                sequencer.replayed(conn, session_id, sent)
-        if sequencer is not None:  # listed sessions that are not the caller's
-            for session_id in own_ids - found.keys():
-                sequencer.replayed(conn, session_id, 0)
+async def open_sessions_of(who: Sender) -> list[ChatSession]:
+    return await ChatSession.find(
+        {**_party_filter(who), "state": {"$in": [s.value for s in OPEN_STATES]}}
+    ).to_list()
 
 
-async def _replay(conn: Connection, session: ChatSession, last_seq: int) -> int:
-    """Replays the messages after last_seq; returns the last seq the device now has."""
-    # Messages this device already got live (since it connected) are not repeated.
-    last = current_last_seq(session)
-    upto = min(conn.live_from_seq.get(session.id, last + 1) - 1, last)
-    after = last_seq
-    while after < upto:
-        docs = await _messages_between(session.id, after, upto)
-        if not docs:
-            break
-        for doc in docs:
-            message = Message.model_validate(doc)
-            data = {"session_id": str(session.id), "message": message_view(message)}
-            if not await conn.send_wait(frame(ServerFrame.MESSAGE, data)):
-                return after
-            after = doc["seq"]
-    return after
-
-
-async def _messages_between(
+async def messages_between(
     session_id: PydanticObjectId, after: int, upto: int
 ) -> list[dict[str, Any]]:
+    """The next REPLAY_BATCH messages with after < seq <= upto, in seq order."""
     cursor = (
         Message.get_pymongo_collection()
         .find({"session_id": session_id, "seq": {"$gt": after, "$lte": upto}})

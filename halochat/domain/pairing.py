@@ -28,6 +28,7 @@ from halochat.constants import (
     ServerFrame,
     SessionState,
     TimelineKind,
+    TimerKind,
     TransactionKind,
     TransactionStatus,
 )
@@ -36,14 +37,14 @@ from halochat.documents.common import utcnow
 from halochat.domain import lifecycle
 from halochat.domain.access import invalid_state, participant_session, session_not_found
 from halochat.domain.app_config import require_config
+from halochat.domain.session_events import tell
 from halochat.domain.state_machine import Trigger, transition
 from halochat.errors import ApiError
-from halochat.jobs.timers import TimerKind
+from halochat.notify.events import PartyNotice, UserNotice
 from halochat.observability import timeline
 from halochat.push import Push
 from halochat.rate_limits import Action, rate_limited
 from halochat.services import Services
-from halochat.views import session_view
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,16 @@ async def chat_options(services: Services, customer: User) -> dict[str, Any]:
             free_trial["available_in_seconds"] = math.ceil(wait)
         return {"kind": OptionsKind.FREE_TRIAL.value, "free_trial": free_trial}
     return {"kind": OptionsKind.TIERS.value, "tiers": tier_view(config)}
+
+
+def notify(
+    services: Services,
+    user_id: PydanticObjectId | None,
+    type_: ServerFrame,
+    data: dict[str, Any],
+    push: Push | None = None,
+) -> None:
+    services.notifier.publish(UserNotice(user_id, type_, data, push))
 
 
 # --- chat request ------------------------------------------------------------------------
@@ -248,7 +259,7 @@ async def request_chat(
     arm_pairing_timer(services, session)
     for mitra in mitras:
         offer_to(services, session, mitra.id)
-    services.notify(customer.id, ServerFrame.PAIRING_STATUS, pairing_status(session))
+    notify(services, customer.id, ServerFrame.PAIRING_STATUS, pairing_status(session))
     return session, txn
 
 
@@ -305,7 +316,7 @@ def offer_to(services: Services, session: ChatSession, mitra_id: PydanticObjectI
             else None,
         },
     )
-    services.notify(mitra_id, ServerFrame.CHAT_REQUEST, chat_request_data(session), push=push)
+    notify(services, mitra_id, ServerFrame.CHAT_REQUEST, chat_request_data(session), push)
 
 
 # --- accept ------------------------------------------------------------------------------
@@ -345,32 +356,32 @@ async def accept(services: Services, mitra: User, session_id: PydanticObjectId) 
         raise invalid_state(current, "accept")
 
     services.timers.cancel(won.id, TimerKind.PAIRING_TIMEOUT)
-    started = ServerFrame.SESSION_STARTED
-    services.notify(
-        won.customer_id,
-        started,
-        {"session": session_view(won, Role.CUSTOMER)},
-        push=Push(
-            type=PushType.PAIRING_RESULT,
-            session_id=str(won.id),
-            title="Your Bestie is here",
-            body=f"{mitra.display_name} accepted your chat",
-            data={
-                "result": SessionState.ACTIVE.value,
-                "state": SessionState.ACTIVE.value,
-                "mitra_id": str(mitra.id),
-                "mitra_name": mitra.display_name,
-                "other_id": str(mitra.id),
-                "other_name": mitra.display_name,
-                "other_role": Role.MITRA.value,
-            },
-        ),
+    push = Push(
+        type=PushType.PAIRING_RESULT,
+        session_id=str(won.id),
+        title="Your Bestie is here",
+        body=f"{mitra.display_name} accepted your chat",
+        data={
+            "result": SessionState.ACTIVE.value,
+            "state": SessionState.ACTIVE.value,
+            "mitra_id": str(mitra.id),
+            "mitra_name": mitra.display_name,
+            "other_id": str(mitra.id),
+            "other_name": mitra.display_name,
+            "other_role": Role.MITRA.value,
+        },
     )
-    services.notify(mitra.id, started, {"session": session_view(won, Role.MITRA)})
+    # session.started carries only the session (no session_id beside it, docs/protocol.md).
+    services.notifier.publish_all(
+        [
+            PartyNotice(won, Role.CUSTOMER, ServerFrame.SESSION_STARTED, {}, push),
+            PartyNotice(won, Role.MITRA, ServerFrame.SESSION_STARTED, {}),
+        ]
+    )
     taken = {"session_id": str(won.id)}
     for other in won.offered_to:
         if other != mitra.id:
-            services.notify(other, ServerFrame.REQUEST_TAKEN, taken)
+            notify(services, other, ServerFrame.REQUEST_TAKEN, taken)
     await lifecycle.on_session_active(services, won)
     return won
 
@@ -392,7 +403,7 @@ async def void_transactions(session: ChatSession) -> None:
 def withdraw_offers(services: Services, session: ChatSession, reason: PairingReason) -> None:
     data = {"session_id": str(session.id), "reason": reason.value}
     for mitra_id in session.offered_to:
-        services.notify(mitra_id, ServerFrame.REQUEST_WITHDRAWN, data)
+        notify(services, mitra_id, ServerFrame.REQUEST_WITHDRAWN, data)
 
 
 async def pairing_timeout(services: Services, session_id: PydanticObjectId) -> None:
@@ -406,15 +417,13 @@ async def pairing_timeout(services: Services, session_id: PydanticObjectId) -> N
     if failed is None:
         return
     await void_transactions(failed)
-    services.notify(
-        failed.customer_id,
+    tell(
+        services,
+        failed,
+        Role.CUSTOMER,
         ServerFrame.PAIRING_FAILED,
-        {
-            "session_id": str(failed.id),
-            "reason": PairingReason.TIMEOUT.value,
-            "session": session_view(failed, Role.CUSTOMER),
-        },
-        push=Push(
+        {"session_id": str(failed.id), "reason": PairingReason.TIMEOUT.value},
+        Push(
             type=PushType.PAIRING_RESULT,
             session_id=str(failed.id),
             title="No Bestie available",
@@ -444,10 +453,12 @@ async def cancel(services: Services, customer: User, session_id: PydanticObjectI
     services.timers.cancel(cancelled.id, TimerKind.PAIRING_TIMEOUT)
     await void_transactions(cancelled)
     withdraw_offers(services, cancelled, PairingReason.CANCELLED)
-    services.notify(
-        cancelled.customer_id,
+    tell(
+        services,
+        cancelled,
+        Role.CUSTOMER,
         ServerFrame.SESSION_CANCELLED,
-        {"session_id": str(cancelled.id), "session": session_view(cancelled, Role.CUSTOMER)},
+        {"session_id": str(cancelled.id)},
     )
     return cancelled
 
@@ -489,12 +500,13 @@ async def set_availability(services: Services, mitra: User, available: bool) -> 
         if available:
             offer_to(services, updated, mitra.id)
         else:
-            services.notify(
+            notify(
+                services,
                 mitra.id,
                 ServerFrame.REQUEST_WITHDRAWN,
                 {"session_id": str(updated.id), "reason": PairingReason.MITRA_UNAVAILABLE.value},
             )
-        services.notify(updated.customer_id, ServerFrame.PAIRING_STATUS, pairing_status(updated))
+        notify(services, updated.customer_id, ServerFrame.PAIRING_STATUS, pairing_status(updated))
     return mitra
 
 

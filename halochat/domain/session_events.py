@@ -17,10 +17,10 @@ from halochat.constants import (
 from halochat.documents import ChatSession, EventActor, ExtensionRequest
 from halochat.domain.access import session_not_found
 from halochat.domain.state_machine import Trigger
+from halochat.notify.events import PartyNotice
 from halochat.observability import timeline
 from halochat.push import Push
 from halochat.services import Services
-from halochat.views import session_view
 
 PARTIES = (Role.CUSTOMER, Role.MITRA)
 
@@ -58,8 +58,8 @@ def tell(
     push: Push | None = None,
 ) -> None:
     """`type_` to one party with the session as that party sees it."""
-    payload = {"session_id": str(session.id), **data, "session": session_view(session, role)}
-    services.notify(party_id(session, role), type_, payload, push=push)
+    data = {"session_id": str(session.id), **data}
+    services.notifier.publish(PartyNotice(session, role, type_, data, push))
 
 
 def other_name(session: ChatSession, role: Role) -> str:

@@ -13,29 +13,23 @@ until it returns: the domain steps check the clock and the state themselves, so 
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 
-from halochat.constants import TimelineKind
+from halochat.constants import TimelineKind, TimerKind
 from halochat.documents.common import utcnow
 from halochat.errors import database_unavailable
 from halochat.observability import logs, metrics, timeline
 
 log = logging.getLogger(__name__)
 
+__all__ = ["TimerKind", "Timers", "fire", "job_id"]
+
 # Backoff of a failed job's retries: first, doubling up to the cap (seconds).
 RETRY_FIRST_DELAY = 0.5
 RETRY_MAX_DELAY = 5.0
-
-
-class TimerKind(StrEnum):
-    PAIRING_TIMEOUT = "pairing_timeout"
-    WARNING = "warning"
-    EXPIRY = "expiry"
-    GRACE = "grace"
 
 
 def job_id(session_id: object, kind: TimerKind) -> str:

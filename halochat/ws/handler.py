@@ -244,7 +244,6 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
         ws=ws,
         user_id=user.id,
         role=user.role,
-        display_name=user.display_name,
         device_id=request.args.get("device_id"),
         expires_at=identity.expires_at,
         token_issued_at=identity.issued_at,
@@ -261,8 +260,8 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
             await ws.send(encode(error_frame(err, None)))
             await ws.close(code=CLOSE_TOO_MANY_SOCKETS, reason=err.code.value)
         return
-    if services.delivery is not None:  # cluster mode: this process hears the user's events
-        await services.delivery.attach(conn)
+    if services.cluster is not None:  # cluster mode: this process hears the user's events
+        await services.cluster.attach(conn)
     expired = _token_expired()
     conn.close_at(
         identity.expires_at, CLOSE_AUTH_FAILED, expired.code.value, error_frame(expired, None)
@@ -327,5 +326,5 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
         inbox.put_nowait(None)
         log.info("disconnected: user %s", user.id)
         await services.hub.remove(conn)
-        if services.delivery is not None:
-            await services.delivery.detach(conn)
+        if services.cluster is not None:
+            await services.cluster.detach(conn)

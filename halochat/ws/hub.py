@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from beanie import PydanticObjectId
 
-from halochat.constants import AppState, Role
+from halochat.constants import AppState, Role, ServerFrame
 from halochat.documents.common import utcnow
 from halochat.observability import metrics
 
@@ -43,14 +43,13 @@ class Connection:
     ws: Any  # sanic.server.websockets.impl.WebsocketImplProtocol
     user_id: PydanticObjectId
     role: Role
-    display_name: str
     device_id: str | None = None
     app_state: AppState = AppState.FOREGROUND
     max_bytes: int = OUTBOUND_MAX_BYTES
     writer: asyncio.Task[None] | None = None
     closed: bool = False
     # session id -> first message seq this device received live; a later hello replay
-    # stops below it, so no message reaches a device twice (halochat/domain/messaging.py).
+    # stops below it, so no message reaches a device twice (halochat/ws/resync.py).
     live_from_seq: dict[PydanticObjectId, int] = field(default_factory=dict)
     # The authenticating token's life: the socket closes at expires_at; an admin's token
     # revocation closes sockets whose token was issued at or before it.
@@ -135,6 +134,15 @@ class Connection:
                 return False
         return self.send(frame)
 
+    def note_live(self, frame: dict[str, Any]) -> None:
+        """Remembers the first seq of each session this device got live (a message.new sent,
+        or acked to it as the sender), so a later hello replay stops below it
+        (halochat/ws/resync.py) and no message reaches a device twice."""
+        if frame.get("type") == ServerFrame.MESSAGE.value:
+            data = frame["data"]
+            session_id = PydanticObjectId(data["session_id"])
+            self.live_from_seq.setdefault(session_id, data["message"]["seq"])
+
     def token_expired(self) -> bool:
         return self.expires_at is not None and utcnow() >= self.expires_at
 
@@ -210,15 +218,17 @@ class Hub:
     def connections(self, user_id: PydanticObjectId) -> list[Connection]:
         return [c for c in self._by_user.get(user_id, ()) if not c.closed]
 
-    def is_online(self, user_id: PydanticObjectId) -> bool:
-        return bool(self.connections(user_id))
-
-    def send_to_user(self, user_id: PydanticObjectId, frame: dict[str, Any]) -> int:
-        """Sends to every live device of the user; returns how many are in the foreground."""
+    def send_to_user(
+        self, user_id: PydanticObjectId, frame: dict[str, Any], except_conn: object = None
+    ) -> int:
+        """Sends to every live device of the user but `except_conn` (the sender's device,
+        which gets an ack instead, yet counts as having seen the frame live); returns how many
+        got it in the foreground."""
         foreground = 0
         for conn in self.connections(user_id):
-            if conn.send(frame) and conn.app_state == AppState.FOREGROUND:
-                foreground += 1
+            if conn is not except_conn and conn.send(frame):
+                foreground += conn.app_state == AppState.FOREGROUND
+            conn.note_live(frame)
         return foreground
 
     async def close_user(

@@ -14,6 +14,7 @@ from halochat.services import Services
 from halochat.views import message_view
 from halochat.ws.hub import Connection
 from halochat.ws.registry import AckThen, on
+from halochat.ws.resync import plan_hello, resync
 
 # Strict: a number where text is expected (or the reverse) is a 422, not silently coerced.
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -53,12 +54,16 @@ def _session_id(value: str) -> PydanticObjectId:
     return object_id(value, ErrorCode.SESSION_NOT_FOUND, "session")
 
 
+def _sender(conn: Connection) -> Sender:
+    return Sender(conn.user_id, conn.role)
+
+
 @on(ClientFrame.SEND)
 async def send(services: Services, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     frame = SendFrame.model_validate(data)
     result = await messaging.send_message(
         services,
-        Sender.of_conn(conn),
+        _sender(conn),
         _session_id(frame.session_id),
         frame.client_msg_id,
         frame.body,
@@ -72,7 +77,7 @@ async def receipt(services: Services, conn: Connection, data: dict[str, Any]) ->
     frame = ReceiptFrame.model_validate(data)
     return await messaging.receipt(
         services,
-        Sender.of_conn(conn),
+        _sender(conn),
         _session_id(frame.session_id),
         frame.kind,
         frame.seq,
@@ -84,7 +89,7 @@ async def receipt(services: Services, conn: Connection, data: dict[str, Any]) ->
 async def typing(services: Services, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     frame = TypingFrame.model_validate(data)
     forwarded = await messaging.typing(
-        services, Sender.of_conn(conn), _session_id(frame.session_id), frame.state
+        services, _sender(conn), _session_id(frame.session_id), frame.state
     )
     return {"forwarded": forwarded}
 
@@ -92,10 +97,10 @@ async def typing(services: Services, conn: Connection, data: dict[str, Any]) -> 
 @on(ClientFrame.HELLO)
 async def hello(services: Services, conn: Connection, data: dict[str, Any]) -> AckThen:
     frame = HelloFrame.model_validate(data)
-    plan = messaging.plan_hello(frame.sessions)
+    plan = plan_hello(frame.sessions)
 
     async def run(send_ack: Any) -> None:
-        sequencer = services.delivery.sequencer if services.delivery is not None else None
-        await messaging.resync(conn, plan, send_ack, sequencer)
+        sequencer = services.cluster.sequencer if services.cluster is not None else None
+        await resync(conn, plan, send_ack, sequencer)
 
     return AckThen({"sessions": len(frame.sessions)}, run)
