@@ -283,16 +283,46 @@ async def test_process_killed_mid_chat(cluster: list[ServerProcess]) -> None:
             )
             assert ack["type"] == "ack", ack
         await until(lambda: messages(m3, sid) == [2, 3, 4, 5])
-        # Process 2's timers fire on the survivors: warning, expiry, grace, once each.
+        # Process 2's timers fire on the survivors: warning and expiry, once each.
         for client in (c1, m3):
             await client.wait_for("session.one_minute_left", timeout=15)
+            await client.wait_for("session.expired", timeout=15)
+        # An extension across processes: asked on 1, accepted on 3, chat resumes.
+        async with api(p1.base_url, customer) as http:
+            r = await http.post(f"/v1/sessions/{sid}/extension", json={"tier_id": "test-1m"})
+            assert r.status_code == 200, r.text
+        asked = await m3.wait_for("session.extension_requested")
+        extension_id = asked["data"]["extension"]["id"]
+        async with api(p3.base_url, mitra) as http:
+            r = await http.post(
+                f"/v1/sessions/{sid}/extension/answer",
+                json={"extension_id": extension_id, "accept": True},
+            )
+            assert r.status_code == 200, r.text
+        for client in (c1, m3):
+            await client.wait_for("session.resumed")
+        ack = await c1.request(
+            "message.send", {"session_id": sid, "client_msg_id": "ext", "body": "more"}
+        )
+        assert ack["data"]["message"]["seq"] == 6, ack
+        await until(lambda: messages(m3, sid) == [2, 3, 4, 5, 6])
+        # The extended time runs out too; its grace ends the session (survivors' timers).
+        for client in (c1, m3):
             await client.wait_for("session.expired", timeout=15)
             await client.wait_for("session.completed", timeout=15)
         await w1.wait_for("pairing.failed", timeout=40)
         await asyncio.sleep(1.0)  # the sweepers of both survivors have run again
         for client in (c1, m3):
-            for type_ in ("session.one_minute_left", "session.expired", "session.completed"):
-                assert count(client, type_, sid) == 0, (type_, client.frames)
+            for type_ in (
+                "session.expired",
+                "session.resumed",
+                "session.extension_answered",
+                "session.completed",
+            ):
+                if type_ == "session.extension_answered":
+                    assert count(client, type_, sid) == 1, (type_, client.frames)
+                else:
+                    assert count(client, type_, sid) == 0, (type_, client.frames)
         assert count(w1, "pairing.failed") == 0
         await m3.close()
     finally:

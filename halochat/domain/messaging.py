@@ -213,6 +213,8 @@ async def _store_and_deliver_locked(
     deadline: float,
 ) -> SendResult:
     if services.settings.nats_url:  # cluster mode
+        if asyncio.get_running_loop().time() >= deadline:  # shed before a seq is taken
+            raise overloaded()
         live = await _take_seq(services, who, session_id, client_msg_id)
         if isinstance(live, SendResult):
             return live
@@ -387,7 +389,11 @@ async def _insert_taken(
     }
     try:
         await services.message_writer.insert(
-            doc, size=len(body.encode()) + DOC_OVERHEAD_BYTES, deadline=deadline
+            # A seq once taken is stored, however late: shedding it now would cost a
+            # give-back write and could leave a hole (the deadline was checked before).
+            doc,
+            size=len(body.encode()) + DOC_OVERHEAD_BYTES,
+            deadline=max(deadline, asyncio.get_running_loop().time() + TAKEN_SEQ_WAIT_SECONDS),
         )
     except StoreOverloaded as exc:
         await _give_back(live.id, live.last_seq)
@@ -558,6 +564,7 @@ async def typing(
 # --- reads for the reconnect protocol (halochat/ws/resync.py) -------------------------------
 
 REPLAY_BATCH = 500
+TAKEN_SEQ_WAIT_SECONDS = 30.0  # cluster mode: how long a send whose seq is taken may wait
 IDS_PER_QUERY = 200  # the embedded store refuses an $in of 500 ids ("expression tree")
 
 
