@@ -16,7 +16,8 @@ process, over NATS (docs/scaling.md).
   two processes (the customer's and the Mitra's), so each socket puts `message.new` frames
   back in seq order itself (Sequencer): a frame ahead of the next expected seq is held, and
   a hole still open after GAP_WAIT_SECONDS is filled from the database (the message is
-  stored before it is published) or skipped if no message has that seq.
+  stored before it is published), read again while its send may still be storing it, and
+  skipped only after HOLE_GIVE_UP_SECONDS (its sender died between seq and insert).
 - The bus reconnecting (NATS restarted, network cut) may have dropped frames: every socket on
   this process is then closed with 1012, and the apps reconnect and resync with `hello`.
   While the bus is down, sends are still stored and acked; pushes are decided locally.
@@ -49,7 +50,10 @@ from halochat.ws.hub import Connection, Hub
 log = logging.getLogger(__name__)
 
 PRESENCE_WAIT_SECONDS = 0.5  # how long a push waits for a "seen in the foreground" answer
-GAP_WAIT_SECONDS = 0.5  # how long a socket holds frames behind a missing seq
+GAP_WAIT_SECONDS = 0.5  # how long a socket holds frames behind a missing seq before a read
+# A seq whose message is still missing after this long is skipped (> TAKEN_SEQ_WAIT_SECONDS
+# of halochat/domain/messaging.py: a taken seq is stored within it, or never).
+HOLE_GIVE_UP_SECONDS = 40.0
 MAX_HELD_FRAMES = 1000  # per socket: a socket further behind is dropped (it resyncs)
 OUTBOX_MAX = 20_000  # publications waiting for the bus; past it they are dropped (logged)
 CLOSE_RESYNC = 1012  # "service restart": the bus reconnected, frames may have been missed
@@ -119,32 +123,46 @@ class Sequencer:
             self._flush(conn, session_id, order)
 
     def _flush(self, conn: Connection, session_id: PydanticObjectId, order: _Order) -> None:
-        while order.next_seq in order.held:
-            frame = order.held.pop(order.next_seq)
-            if frame is not None:
-                conn.send(frame)
-            order.next_seq += 1
+        self._send_in_order(conn, order)
         if order.held and order.filler is None:
             order.filler = asyncio.create_task(self._fill(conn, session_id, order))
             self._tasks.add(order.filler)
             order.filler.add_done_callback(self._tasks.discard)
 
+    @staticmethod
+    def _send_in_order(conn: Connection, order: _Order) -> None:
+        while order.next_seq in order.held:
+            frame = order.held.pop(order.next_seq)
+            if frame is not None:
+                conn.send(frame)
+            order.next_seq += 1
+
     async def _fill(self, conn: Connection, session_id: PydanticObjectId, order: _Order) -> None:
-        """A hole in the seqs stayed open: read the missing messages from the database."""
+        """A hole in the seqs stayed open: read the missing messages from the database, again
+        and again while their sends may still be storing them (a seq once taken is stored
+        within TAKEN_SEQ_WAIT_SECONDS or given back); a seq still missing after
+        HOLE_GIVE_UP_SECONDS has no message and never will (its sender died between taking
+        it and storing it): it is skipped."""
+        delay, waited = GAP_WAIT_SECONDS, 0.0
         try:
-            await asyncio.sleep(GAP_WAIT_SECONDS)
             while order.held and not conn.closed and not order.paused:
-                upto = min(order.held)
+                await asyncio.sleep(delay)
+                waited += delay
+                if order.paused or conn.closed:
+                    break
+                upto = min(order.held, default=order.next_seq)
                 if upto > order.next_seq:
                     for doc in await _messages(session_id, order.next_seq, upto):
                         order.held.setdefault(doc["seq"], _message_frame(session_id, doc))
-                    # A seq with no message (its sender died between seq and insert) is
-                    # skipped: nothing will ever be stored under it.
-                    for seq in range(order.next_seq, upto):
-                        order.held.setdefault(seq, None)
-                order.filler = None
-                self._flush(conn, session_id, order)
-                return
+                    if waited >= HOLE_GIVE_UP_SECONDS:
+                        for seq in range(order.next_seq, upto):
+                            order.held.setdefault(seq, None)
+                before = order.next_seq
+                self._send_in_order(conn, order)
+                if order.next_seq != before:  # moved on: a new hole starts its own wait
+                    delay, waited = GAP_WAIT_SECONDS, 0.0
+                else:
+                    delay = min(delay * 2, 5.0)
         except Exception:
             log.exception("filling a seq gap of session %s failed", session_id)
         order.filler = None
