@@ -958,8 +958,8 @@ def processes_main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="halochat-bench-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        db = EmbeddedMongo(workdir / "db", exclusive=True)
-        uri = db.start()
+        db = None if args.mongodb_uri else EmbeddedMongo(workdir / "db", exclusive=True)
+        uri = args.mongodb_uri or db.start()
         nats_port = free_port()
         nats = subprocess.Popen(
             [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(nats_port)],
@@ -976,7 +976,8 @@ def processes_main(args: argparse.Namespace) -> None:
         finally:
             nats.terminate()
             nats.wait(10)
-            db.stop()
+            if db is not None:
+                db.stop()
     print("\n== processes ==")
     print(
         f"  {'':<18}{'sat. msg/s':>12}{'rate msg/s':>12}{'e2e p50':>10}{'e2e p99':>10}"
@@ -1031,6 +1032,9 @@ def main() -> None:
         type=int,
         default=0,
         help="instead: single mode, then cluster mode with 1..N processes (shared DB + NATS)",
+    )
+    parser.add_argument(
+        "--mongodb-uri", help="with --processes: this database instead of an embedded one"
     )
     parser.add_argument("--no-relay", action="store_true")
     parser.add_argument("--relay-only", action="store_true")

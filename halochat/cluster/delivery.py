@@ -249,7 +249,7 @@ class ClusterDelivery(Delivery):
 
     async def start(self) -> None:
         self.nc = await nats.connect(
-            servers=[self.url],
+            servers=[u.strip() for u in self.url.split(",") if u.strip()],
             name=f"halochat-{self.process_id}",
             max_reconnect_attempts=-1,  # never give up: the bus comes back
             reconnect_time_wait=0.5,
