@@ -221,7 +221,13 @@ async def test_bus_restart_resyncs_and_loses_nothing(
     mitra = p1.create_user("mitra", f"M-{tag}", available=True)
     sid = await pair(p1, p2, customer, mitra, "15m")
     c1, m2 = await ready(p1.ws_url, customer), await ready(p2.ws_url, mitra)
+
+    async def bus(proc: ServerProcess) -> str:
+        async with api(proc.base_url) as http:
+            return (await http.get("/loadz")).json()["bus"]
+
     try:
+        assert await bus(p1) == "connected"
         nats_server.kill()
         # Sends while the bus is down are stored and acked.
         for i in range(3):
@@ -229,6 +235,7 @@ async def test_bus_restart_resyncs_and_loses_nothing(
                 "message.send", {"session_id": sid, "client_msg_id": f"d{i}", "body": f"d{i}"}
             )
             assert ack["type"] == "ack", ack
+        assert await bus(p1) == "disconnected"
         nats_server.start()
         # Every process reconnects and closes its sockets (1012) so that their apps resync.
         await until(lambda: c1.conn.close_code == 1012 and m2.conn.close_code == 1012, 20)
