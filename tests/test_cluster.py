@@ -11,6 +11,7 @@ process 3 losslessly and process 2's timers fire on the survivors, once.
 import asyncio
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -42,13 +43,13 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 @pytest.fixture(scope="module")
 def cluster(server_factory: ServerFactory, nats_server: NatsServer) -> list[ServerProcess]:
     env = {**CLUSTER_ENV, "HALOCHAT_NATS_URL": nats_server.url}
-    first = server_factory(env=env)
-    procs = [first]
-    for _ in range(2):
-        proc = server_factory(env=env, start=False)
+    first = server_factory(env=env)  # seeds the configuration
+    others = [server_factory(env=env, start=False) for _ in range(2)]
+    for proc in others:
         proc.db_name = first.db_name
-        procs.append(proc.start())
-    return procs
+    with ThreadPoolExecutor(2) as pool:  # the other two start together
+        list(pool.map(ServerProcess.start, others))
+    return [first, *others]
 
 
 def messages(client: WsClient, session_id: str) -> list[int]:
