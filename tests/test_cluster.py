@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from bson import ObjectId
 
 from tests.conftest import ServerFactory
 from tests.support.clients import Actor, WsClient, api
@@ -251,6 +252,14 @@ async def test_bus_restart_resyncs_and_loses_nothing(
         )
         assert ack["data"]["message"]["seq"] == 4
         await until(lambda: messages(c1b, sid) == [4])
+        # A counter behind the stored messages (as a single process leaves it for a session
+        # still ACTIVE when it stops) is raised by the first send that collides.
+        p1.db["sessions"].update_one({"_id": ObjectId(sid)}, {"$set": {"last_seq": 1}})
+        ack = await m2b.request(
+            "message.send", {"session_id": sid, "client_msg_id": "behind", "body": "b"}
+        )
+        assert ack["type"] == "ack" and ack["data"]["message"]["seq"] == 5, ack
+        await until(lambda: messages(c1b, sid) == [4, 5])
         await c1b.close()
         await m2b.close()
     finally:

@@ -73,11 +73,26 @@ async def _repair_seq(session_id: PydanticObjectId) -> int:
     return stored
 
 
+async def _raise_seq(session_id: PydanticObjectId) -> int:
+    """Cluster mode: last_seq at least the last stored seq ($max: never below a seq another
+    process has just taken)."""
+    stored = await _stored_last_seq(session_id)
+    await ChatSession.get_pymongo_collection().update_one(
+        {"_id": session_id, "last_seq": {"$lt": stored}}, {"$max": {"last_seq": stored}}
+    )
+    return stored
+
+
 async def recover_messaging(open_sessions: list[ChatSession]) -> None:
     """Start-up, before serving: make last_seq of the open sessions match their messages
-    (in the database and in the given documents). Not in cluster mode: there the stored
-    last_seq is the live counter of every process, never behind."""
+    (in the database and in the given documents). In cluster mode the stored last_seq is
+    every process's counter and may be ahead of the stored messages (a send between its seq
+    and its insert, on another process): it is only ever raised there (a database last run
+    by a single process may have left it behind), never lowered."""
     if not live_sessions.enabled:
+        for session in open_sessions:
+            assert session.id is not None
+            session.last_seq = max(session.last_seq, await _raise_seq(session.id))
         return
     for session in open_sessions:
         assert session.id is not None
@@ -276,7 +291,19 @@ async def _insert_next(
     """Stores the message under live.last_seq + 1 (called under the session lock). The seq
     is only taken once the insert succeeded, so a failed insert leaves no gap."""
     if services.settings.nats_url:  # cluster mode
-        return await _insert_taken(services, live, who, client_msg_id, body, deadline)
+        try:
+            return await _insert_taken(services, live, who, client_msg_id, body, deadline)
+        except SeqBehind:  # raised now: take the next seq once more
+            taken = await _take_seq(services, who, live.id, client_msg_id)
+            if isinstance(taken, SendResult):
+                return taken
+            live.last_seq = taken.last_seq
+            try:
+                return await _insert_taken(services, live, who, client_msg_id, body, deadline)
+            except SeqBehind as exc:
+                raise ApiError(
+                    503, ErrorCode.UNAVAILABLE, "could not store the message, retry it"
+                ) from exc
     for _ in range(2):
         doc = {
             "_id": PydanticObjectId(),
@@ -360,6 +387,10 @@ async def _take_seq(
     raise invalid_state(session, "send messages")
 
 
+class SeqBehind(Exception):
+    """Cluster mode: the seq taken is already a stored message's (the counter was behind)."""
+
+
 async def _give_back(session_id: PydanticObjectId, seq: int) -> None:
     """The message under a taken seq was not stored: return the seq if no later one was
     taken meanwhile (else the hole stays; readers skip it, cluster/delivery.py)."""
@@ -399,12 +430,13 @@ async def _insert_taken(
         await _give_back(live.id, live.last_seq)
         raise overloaded() from exc
     except DuplicateKeyError:
-        await _give_back(live.id, live.last_seq)
         if stored := await _stored(live.id, client_msg_id):
+            await _give_back(live.id, live.last_seq)
             return await _retried(who, live.id, stored)
-        raise ApiError(
-            503, ErrorCode.UNAVAILABLE, "could not store the message, retry it"
-        ) from None
+        # The seq was taken by a stored message: the counter is behind the messages (left so
+        # by a single process before this cluster started). Raise it and take another.
+        await _raise_seq(live.id)
+        raise SeqBehind from None
     except BaseException:
         await _give_back(live.id, live.last_seq)
         raise
