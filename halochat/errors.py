@@ -38,16 +38,8 @@ class ApiError(Exception):
         return body
 
 
-def bad_request(message: str, code: ErrorCode = ErrorCode.BAD_REQUEST) -> ApiError:
-    return ApiError(400, code, message)
-
-
 def not_found(message: str, code: ErrorCode = ErrorCode.NOT_FOUND) -> ApiError:
     return ApiError(404, code, message)
-
-
-def forbidden(message: str, code: ErrorCode = ErrorCode.FORBIDDEN) -> ApiError:
-    return ApiError(403, code, message)
 
 
 def conflict(

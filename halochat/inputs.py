@@ -9,8 +9,13 @@ stores int64, and a larger number must be a 422, never a failed write.
 import unicodedata
 from typing import Annotated
 
+from beanie import PydanticObjectId
+from bson.errors import InvalidId
 from pydantic import AfterValidator, Field
 from pydantic_core import PydanticCustomError
+
+from halochat.constants import ErrorCode
+from halochat.errors import ApiError
 
 INT64_MAX = 2**63 - 1
 
@@ -69,3 +74,13 @@ Line = Annotated[str, Field(min_length=1), AfterValidator(_clean_line)]
 # Multi-line free text (message bodies, closing messages): newlines and tabs allowed. Limits
 # from settings (HALOCHAT_MESSAGE_MAX_CHARS, ...) are checked after trimming by the domain.
 Text = Annotated[str, Field(min_length=1), AfterValidator(_clean_multiline)]
+
+
+def object_id(
+    value: str, code: ErrorCode = ErrorCode.NOT_FOUND, what: str = "object"
+) -> PydanticObjectId:
+    """An id in a path or frame: anything that is not an ObjectId cannot exist -> 404."""
+    try:
+        return PydanticObjectId(value)
+    except (InvalidId, TypeError) as exc:
+        raise ApiError(404, code, f"{what} not found") from exc

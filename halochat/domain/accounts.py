@@ -1,17 +1,24 @@
-"""Admin control of accounts: disable, re-enable, revoke tokens (docs/operations.md).
+"""Admin control of accounts: create, disable, re-enable, revoke tokens (docs/operations.md).
 
-Each change is one `$set` on the user document, and the user's live sockets on this process
-are closed at once, so nothing keeps working on a token the server now refuses.
+Each change is one `$set` on the user document, and the user's live sockets are closed at
+once (an AccessEnded event), so nothing keeps working on a token the server now refuses.
 """
 
 from beanie import PydanticObjectId
 
-from halochat.constants import ErrorCode
+from halochat.constants import ErrorCode, Role
 from halochat.documents import User
 from halochat.documents.common import utcnow
 from halochat.errors import ApiError, conflict, not_found
 from halochat.notify.events import AccessEnded
 from halochat.services import Services
+
+
+async def create_user(role: Role, display_name: str, auth_uid: str | None) -> User:
+    """A new account. A taken auth_uid is a 409 duplicate (halochat/errors.py)."""
+    user = User(role=role, display_name=display_name, auth_uid=auth_uid)
+    await user.insert()
+    return user
 
 
 async def load_user(user_id: PydanticObjectId) -> User:

@@ -129,3 +129,17 @@ async def set_test_tiers(settings: Settings, enabled: bool) -> AppConfig:
         tiers += list(TEST_TIERS)
     values = config.values().model_copy(update={"tiers": tiers})
     return await replace_config(settings, ConfigValues.model_validate(values.model_dump()))
+
+
+TIER_FIELDS = {"id", "label", "minutes", "price", "currency"}  # what buying a tier means
+
+
+def tier_view(config: AppConfig) -> list[dict[str, Any]]:
+    """The tiers as a customer is offered them (chat options, extension offer)."""
+    return [t.model_dump(include=TIER_FIELDS) for t in config.tiers]
+
+
+def tier_terms(tier: Tier) -> dict[str, Any]:
+    """A tier's terms as a purchase records them (session snapshot, extension request)."""
+    terms = tier.model_dump(include=TIER_FIELDS)
+    return {"tier_id": terms.pop("id"), **terms}

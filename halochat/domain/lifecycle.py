@@ -1,15 +1,15 @@
-"""The timed half of the session lifecycle (DESIGN.md, docs/lifecycle.md): timers, 1-minute
-warning, expiry, grace, and their recovery after a restart. The user actions live beside it:
-extension (halochat/domain/extension.py), end early and closures (halochat/domain/closing.py);
-their shared events in halochat/domain/session_events.py.
+"""The timed steps of the session lifecycle (DESIGN.md, docs/lifecycle.md): 1-minute warning,
+expiry, grace. The user actions live beside them: extension (halochat/domain/extension.py),
+end early and closures (halochat/domain/closing.py); what entering each state arms and
+announces is declared in halochat/domain/state_machine.py; the recovery of open sessions
+after a restart in halochat/domain/recovery.py.
 
 Every step is one conditional update on the session document, so a timer that fires twice,
-late, or in two processes at once changes the session once; whoever wins the update sends the
-events and arms the next timers, the losers do nothing. Timers are an optimisation: the
-recovery pass rebuilds them from the documents.
+late, or in two processes at once changes the session once; whoever wins the update enters
+the new state (its events, its timers), the losers do nothing. Timers are an optimisation:
+recovery and the sweeper rebuild them from the documents.
 """
 
-import logging
 from datetime import datetime
 from typing import Any
 
@@ -17,77 +17,29 @@ from beanie import PydanticObjectId
 from pymongo import ReturnDocument
 
 from halochat.constants import (
-    GRACE_STATES,
     EndReason,
     ExtensionStatus,
     PushType,
-    Role,
     ServerFrame,
     SessionState,
     TimerKind,
 )
 from halochat.documents import ChatSession
 from halochat.documents.common import utcnow
-from halochat.domain import live_sessions, pairing
-from halochat.domain.app_config import recent_config
 from halochat.domain.session_events import (
     PARTIES,
     dump_extension,
     other_name,
+    party_notice,
     record_answer,
     seconds,
     session_push,
-    tell,
-    tell_completed,
 )
-from halochat.domain.state_machine import Trigger, transition
+from halochat.domain.state_machine import Trigger, can, timer_job, transition
 from halochat.observability import timeline
 from halochat.services import Services
 
-log = logging.getLogger(__name__)
-
-
 S = SessionState
-
-
-# States this module reconciles at start-up (PAIRING is pairing's).
-LIFECYCLE_STATES = (S.ACTIVE, *sorted(GRACE_STATES))
-
-
-def arm_active_timers(services: Services, session: ChatSession) -> None:
-    """The warning (unless past or already sent for this ends_at) and the expiry."""
-    assert session.ends_at is not None
-    timers = services.timers
-    warn_at = session.ends_at - seconds(services.settings.warning_lead_seconds)
-    if warn_at > utcnow() and session.warned_for != session.ends_at:
-        timers.at(
-            session.id,
-            TimerKind.WARNING,
-            warn_at,
-            warning_job,
-            services,
-            session.id,
-            session.ends_at,
-        )
-    else:
-        timers.cancel(session.id, TimerKind.WARNING)
-    timers.at(session.id, TimerKind.EXPIRY, session.ends_at, expiry_job, services, session.id)
-
-
-def arm_grace_timer(services: Services, session: ChatSession) -> None:
-    """After entering EXPIRED / EXTENSION_PENDING / CLOSING: only the grace deadline is left."""
-    assert session.grace_deadline is not None
-    services.timers.cancel(session.id, TimerKind.WARNING, TimerKind.EXPIRY)
-    services.timers.at(
-        session.id, TimerKind.GRACE, session.grace_deadline, grace_job, services, session.id
-    )
-
-
-async def on_session_active(services: Services, session: ChatSession) -> None:
-    """Called whenever a session (re)enters ACTIVE (accept, extension accepted): arms the
-    1-minute warning and the expiry timers for `session.ends_at`."""
-    services.timers.cancel(session.id, TimerKind.GRACE)
-    arm_active_timers(services, session)
 
 
 # Timer entry points: they only call the timed steps below. A step that raises is retried
@@ -95,16 +47,19 @@ async def on_session_active(services: Services, session: ChatSession) -> None:
 # deadline left overdue, so no failure is swallowed here.
 
 
+@timer_job(TimerKind.WARNING)
 async def warning_job(
     services: Services, session_id: PydanticObjectId, ends_at: datetime | None = None
 ) -> None:
     await send_warning(services, session_id, ends_at)
 
 
+@timer_job(TimerKind.EXPIRY)
 async def expiry_job(services: Services, session_id: PydanticObjectId) -> None:
     await expire(services, session_id)
 
 
+@timer_job(TimerKind.GRACE)
 async def grace_job(services: Services, session_id: PydanticObjectId) -> None:
     await complete_after_grace(services, session_id)
 
@@ -140,13 +95,13 @@ async def send_warning(
         return False
     warned = ChatSession.model_validate(raw)
     remaining = max(0, round((ends_at - now).total_seconds()))
-    for role in PARTIES:
-        tell(
-            services,
+    data = {"remaining_seconds": remaining, "ends_at": ends_at}
+    services.notifier.publish_all(
+        party_notice(
             warned,
             role,
             ServerFrame.ONE_MINUTE_LEFT,
-            {"remaining_seconds": remaining, "ends_at": ends_at},
+            data,
             session_push(
                 warned,
                 role,
@@ -157,6 +112,8 @@ async def send_warning(
                 ends_at=ends_at.isoformat(),
             ),
         )
+        for role in PARTIES
+    )
     return True
 
 
@@ -175,7 +132,8 @@ async def expire(
         if current is None or current.ends_at is None:
             return None
         ended_at = current.ends_at
-    expired = await transition(
+    return await transition(
+        services,
         session_id,
         Trigger.TIME_UP,
         set_fields={
@@ -184,30 +142,8 @@ async def expire(
             "end_reason": EndReason.TIME_UP.value,
         },
         extra_filter={"ends_at": {"$lte": now}},
+        quiet=quiet,
     )
-    if expired is None:
-        return None
-    arm_grace_timer(services, expired)
-    if quiet:
-        return expired
-    config = await recent_config(services.settings)  # only shown: a second old is fine
-    tiers = pairing.tier_view(config)
-    for role in PARTIES:
-        data: dict[str, Any] = {"grace_deadline": expired.grace_deadline}
-        if role == Role.CUSTOMER:
-            data["tiers"] = tiers
-            title, body = "Time's up", f"Extend your chat with {expired.mitra_name}?"
-        else:
-            title, body = "Time's up", f"Your chat with {expired.customer_name} has ended"
-        tell(
-            services,
-            expired,
-            role,
-            ServerFrame.SESSION_EXPIRED,
-            data,
-            session_push(expired, role, PushType.SESSION_EXPIRED, title, body),
-        )
-    return expired
 
 
 async def complete_after_grace(
@@ -216,7 +152,7 @@ async def complete_after_grace(
     """EXPIRED / EXTENSION_PENDING / CLOSING -> COMPLETED once grace_deadline has passed,
     with whatever closures exist; an unanswered extension request lapses."""
     session = await ChatSession.get(session_id)
-    if session is None or session.state not in GRACE_STATES:
+    if session is None or not can(Trigger.GRACE_ELAPSED, session.state):
         return None
     now = utcnow()
     extra_filter: dict[str, Any] = {"grace_deadline": {"$lte": now}}
@@ -232,6 +168,7 @@ async def complete_after_grace(
         set_fields["extension"] = lapsed
         extra_update = {"$push": {"extensions": lapsed}}
     completed = await transition(
+        services,
         session_id,
         Trigger.GRACE_ELAPSED,
         set_fields=set_fields,
@@ -242,57 +179,4 @@ async def complete_after_grace(
         return None
     if extra_update is not None and completed.extension is not None:
         record_answer(session_id, completed.extension, timeline.SYSTEM)  # it lapsed
-    services.timers.cancel(session_id)
-    tell_completed(services, completed, Trigger.GRACE_ELAPSED)
     return completed
-
-
-async def reconcile(services: Services, session: ChatSession) -> None:
-    """Brings one open session in line with the clock, through the same steps as the timers
-    (so a timer firing at the same moment, here or in another process, is harmless)."""
-    now = utcnow()
-    grace = seconds(services.settings.grace_seconds)
-    if session.state == S.ACTIVE:
-        if session.ends_at is None:
-            log.error("ACTIVE session %s has no ends_at; left alone", session.id)
-            return
-        if session.ends_at + grace <= now:
-            # Stopped longer than the whole grace: expire and complete at once.
-            if await expire(services, session.id, quiet=True) is not None:
-                await complete_after_grace(services, session.id)
-        elif session.ends_at <= now:
-            await expire(services, session.id)
-        else:
-            arm_active_timers(services, session)
-            live_sessions.remember(session)  # last_seq was repaired before: no read on send
-        return
-    deadline = session.grace_deadline
-    if deadline is None:  # not written by this code; bound it anyway
-        deadline = (session.ended_at or session.updated_at) + grace
-        await ChatSession.get_pymongo_collection().update_one(
-            {"_id": session.id, "state": session.state.value, "grace_deadline": None},
-            {"$set": {"grace_deadline": deadline}},
-        )
-    if deadline <= now:
-        await complete_after_grace(services, session.id)
-    else:
-        arm_grace_timer(services, session.model_copy(update={"grace_deadline": deadline}))
-
-
-async def open_lifecycle_sessions() -> list[ChatSession]:
-    """The sessions recovery reconciles: ACTIVE / EXPIRED / EXTENSION_PENDING / CLOSING."""
-    return await ChatSession.find({"state": {"$in": [s.value for s in LIFECYCLE_STATES]}}).to_list()
-
-
-async def recover_lifecycle(services: Services, sessions: list[ChatSession] | None = None) -> None:
-    """Start-up: reconcile ACTIVE / EXPIRED / EXTENSION_PENDING / CLOSING sessions (read
-    here unless given) with the clock and re-arm their timers."""
-    if sessions is None:
-        sessions = await open_lifecycle_sessions()
-    for session in sessions:
-        try:
-            await reconcile(services, session)
-        except Exception:  # one odd document must not keep the server from starting
-            log.exception("could not recover session %s", session.id)
-    if sessions:
-        log.info("recovered %d open session(s)", len(sessions))

@@ -1,5 +1,5 @@
 """Events and shared helpers of the session lifecycle: frames (with the session as each party
-sees it), deep-linking pushes, grace deadlines.
+sees it), deep-linking pushes, extension records, grace deadlines.
 """
 
 from datetime import datetime, timedelta
@@ -7,26 +7,15 @@ from typing import Any
 
 from beanie import PydanticObjectId
 
-from halochat.constants import (
-    ExtensionStatus,
-    PushType,
-    Role,
-    ServerFrame,
-    TimelineKind,
-)
+from halochat.constants import ExtensionStatus, PushType, Role, ServerFrame, TimelineKind
 from halochat.documents import ChatSession, EventActor, ExtensionRequest
 from halochat.domain.access import session_not_found
-from halochat.domain.state_machine import Trigger
 from halochat.notify.events import PartyNotice
 from halochat.observability import timeline
 from halochat.push import Push
 from halochat.services import Services
 
 PARTIES = (Role.CUSTOMER, Role.MITRA)
-
-
-def party_id(session: ChatSession, role: Role) -> PydanticObjectId | None:
-    return session.customer_id if role == Role.CUSTOMER else session.mitra_id
 
 
 def session_push(
@@ -49,64 +38,35 @@ def session_push(
     )
 
 
-def tell(
-    services: Services,
+def push_to_mitra(
+    session: ChatSession, type_: PushType, title: str, body: str, **data: object
+) -> Push:
+    """A push for the Mitra about the session's customer, also named as customer_id/_name."""
+    return session_push(
+        session,
+        Role.MITRA,
+        type_,
+        title,
+        body,
+        customer_id=str(session.customer_id),
+        customer_name=session.customer_name,
+        **data,
+    )
+
+
+def party_notice(
     session: ChatSession,
     role: Role,
     type_: ServerFrame,
     data: dict[str, Any],
     push: Push | None = None,
-) -> None:
-    """`type_` to one party with the session as that party sees it."""
-    data = {"session_id": str(session.id), **data}
-    services.notifier.publish(PartyNotice(session, role, type_, data, push))
+) -> PartyNotice:
+    """`type_` for one party: the session id, `data`, and the session as that party sees it."""
+    return PartyNotice(session, role, type_, {"session_id": str(session.id), **data}, push)
 
 
 def other_name(session: ChatSession, role: Role) -> str:
     return session.other_party(role)[1] or ""
-
-
-def tell_closing(services: Services, session: ChatSession, ended_by: Role | None) -> None:
-    for role in PARTIES:
-        tell(
-            services,
-            session,
-            role,
-            ServerFrame.SESSION_CLOSING,
-            {
-                "reason": session.end_reason,
-                "ended_by": ended_by.value if ended_by else None,
-                "grace_deadline": session.grace_deadline,
-            },
-            session_push(
-                session,
-                role,
-                PushType.SESSION_ENDED,
-                "Chat ended",
-                f"Leave a closing message for {other_name(session, role)}",
-                reason=session.end_reason,
-            ),
-        )
-
-
-def tell_completed(services: Services, session: ChatSession, trigger: Trigger) -> None:
-    for role in PARTIES:
-        tell(
-            services,
-            session,
-            role,
-            ServerFrame.SESSION_COMPLETED,
-            {"completed_by": trigger.value},
-            session_push(
-                session,
-                role,
-                PushType.SESSION_ENDED,
-                "Chat completed",
-                f"Your chat with {other_name(session, role)} is complete",
-                reason=session.end_reason,
-                completed_by=trigger.value,
-            ),
-        )
 
 
 def dump_extension(ext: ExtensionRequest) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from typing import Any
 from halochat.constants import GRACE_STATES, SessionState
 from halochat.documents import ChatSession
 from halochat.documents.common import utcnow
-from halochat.domain import lifecycle, pairing
+from halochat.domain import lifecycle
+from halochat.domain.recovery import reconcile_session
 from halochat.errors import database_unavailable
 from halochat.services import Services
 
@@ -38,14 +39,6 @@ def overdue_queries(now: datetime) -> list[tuple[dict[str, Any], str]]:
         ({"state": {"$in": GRACE_STATE_VALUES}, "grace_deadline": {"$lte": now}}, "grace_deadline"),
         ({"state": S.PAIRING.value, "pairing_deadline": {"$lte": now}}, "pairing_deadline"),
     ]
-
-
-async def reconcile_session(services: Services, session: ChatSession) -> None:
-    """One open session against the clock: the step start-up recovery would take."""
-    if session.state == S.PAIRING:
-        await pairing.reconcile_pairing(services, session)
-    else:
-        await lifecycle.reconcile(services, session)
 
 
 async def sweep_warnings(services: Services, now: datetime) -> int:

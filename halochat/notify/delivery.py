@@ -18,18 +18,19 @@ from beanie import PydanticObjectId
 from halochat.notify.events import Origin
 from halochat.push import Push
 
+# A frame as it goes on the wire: {"type": ..., "data": {...}} (docs/protocol.md).
+Frame = dict[str, Any]
+
 
 class Delivery(ABC):
     @abstractmethod
-    def to_user(
-        self, user_id: PydanticObjectId, frame: dict[str, Any], push: Push | None = None
-    ) -> None:
+    def to_user(self, user_id: PydanticObjectId, frame: Frame, push: Push | None = None) -> None:
         """`frame` to every live device of the user; `push` only when none of them is in
         the foreground (no socket, or every app reported background)."""
 
     @abstractmethod
     def to_user_except(
-        self, user_id: PydanticObjectId, frame: dict[str, Any], except_conn: Origin | None
+        self, user_id: PydanticObjectId, frame: Frame, except_conn: Origin | None
     ) -> None:
         """`frame` to the user's live devices but `except_conn` (the actor's other devices);
         never a push."""
@@ -39,7 +40,7 @@ class Delivery(ABC):
         self,
         user_id: PydanticObjectId,
         code: int,
-        frame: dict[str, Any],
+        frame: Frame,
         issued_until: datetime | None = None,
     ) -> int:
         """Closes the user's sockets (those whose token was issued up to `issued_until`, when

@@ -3,14 +3,13 @@
 from typing import Any
 
 import orjson
-from beanie import PydanticObjectId
-from bson.errors import InvalidId
 from pydantic import BaseModel, ValidationError
 from sanic import Request
 from sanic.response import HTTPResponse, raw
 
 from halochat.constants import ErrorCode
 from halochat.errors import ApiError, validation_error
+from halochat.inputs import object_id as object_id  # shared with ws/frames
 from halochat.json_input import load_object
 
 
@@ -34,16 +33,6 @@ def parse_query[M: BaseModel](
         return model.model_validate(data, context=context)
     except ValidationError as exc:
         raise validation_error(exc) from exc
-
-
-def object_id(
-    value: str, code: ErrorCode = ErrorCode.NOT_FOUND, what: str = "object"
-) -> PydanticObjectId:
-    """An id in a path: anything that is not an ObjectId cannot exist -> 404."""
-    try:
-        return PydanticObjectId(value)
-    except (InvalidId, TypeError) as exc:
-        raise ApiError(404, code, f"{what} not found") from exc
 
 
 def json_response(data: Any, status: int = 200) -> HTTPResponse:

@@ -1,14 +1,11 @@
 from pydantic import BaseModel, ConfigDict, Field
-from pymongo import ReturnDocument
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 from sanic_ext import openapi
 
 from halochat.auth import authenticated
-from halochat.constants import ErrorCode
 from halochat.documents import Device
-from halochat.documents.common import utcnow
-from halochat.errors import not_found
+from halochat.domain import devices
 from halochat.inputs import Line
 from halochat.routes.common import json_response, parse_body
 from halochat.routes.openapi_docs import json_body
@@ -41,18 +38,10 @@ def device_view(device: Device) -> dict[str, object]:
 @authenticated()
 async def register_device(request: Request) -> HTTPResponse:
     body = parse_body(request, DeviceIn)
-    user = request.ctx.user
-    # A token belongs to one app install: if another user had it, they no longer do.
-    await Device.get_pymongo_collection().delete_many(
-        {"fcm_token": body.fcm_token, "user_id": {"$ne": user.id}}
+    device = await devices.register_device(
+        request.ctx.user.id, body.device_id, body.fcm_token, body.platform
     )
-    raw = await Device.get_pymongo_collection().find_one_and_update(
-        {"user_id": user.id, "device_id": body.device_id},
-        {"$set": {"fcm_token": body.fcm_token, "platform": body.platform, "updated_at": utcnow()}},
-        upsert=True,
-        return_document=ReturnDocument.AFTER,
-    )
-    return json_response(device_view(Device.model_validate(raw)))
+    return json_response(device_view(device))
 
 
 @bp.get("/")
@@ -60,8 +49,8 @@ async def register_device(request: Request) -> HTTPResponse:
 @openapi.secured("bearer")
 @authenticated()
 async def list_devices(request: Request) -> HTTPResponse:
-    devices = await Device.find(Device.user_id == request.ctx.user.id).to_list()
-    return json_response({"devices": [device_view(d) for d in devices]})
+    found = await devices.list_devices(request.ctx.user.id)
+    return json_response({"devices": [device_view(d) for d in found]})
 
 
 @bp.delete("/<device_id:str>")
@@ -69,9 +58,5 @@ async def list_devices(request: Request) -> HTTPResponse:
 @openapi.secured("bearer")
 @authenticated()
 async def unregister_device(request: Request, device_id: str) -> HTTPResponse:
-    result = await Device.get_pymongo_collection().delete_one(
-        {"user_id": request.ctx.user.id, "device_id": device_id}
-    )
-    if result.deleted_count == 0:
-        raise not_found("device not registered", ErrorCode.NOT_FOUND)
+    await devices.unregister_device(request.ctx.user.id, device_id)
     return json_response({"deleted": device_id})

@@ -6,7 +6,6 @@ from sanic_ext import openapi
 
 from halochat.auth import authenticated, issue_token
 from halochat.constants import AuthMode, ErrorCode, Role
-from halochat.documents import User
 from halochat.domain import accounts
 from halochat.domain.users import USERS_DEFAULT_LIMIT, USERS_MAX_LIMIT, list_users, token_for
 from halochat.inputs import Line
@@ -40,8 +39,7 @@ async def me(request: Request) -> HTTPResponse:
 @authenticated(Role.ADMIN)
 async def create_user(request: Request) -> HTTPResponse:
     body = parse_body(request, NewUser)
-    user = User(role=body.role, display_name=body.display_name, auth_uid=body.auth_uid)
-    await user.insert()
+    user = await accounts.create_user(body.role, body.display_name, body.auth_uid)
     out = user_view(user)
     settings = request.app.ctx.services.settings
     if settings.auth_mode == AuthMode.LOCAL:

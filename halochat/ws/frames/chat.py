@@ -8,8 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from halochat.constants import ClientFrame, ErrorCode, ReceiptKind, TypingState
 from halochat.domain import messaging
 from halochat.domain.messaging import Sender
-from halochat.inputs import INT64_MAX, Line, Text
-from halochat.routes.common import object_id
+from halochat.inputs import INT64_MAX, Line, Text, object_id
 from halochat.services import Services
 from halochat.views import message_view
 from halochat.ws.hub import Connection
