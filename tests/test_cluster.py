@@ -289,17 +289,37 @@ async def test_process_killed_mid_chat(cluster: list[ServerProcess]) -> None:
             await m2.request(
                 "message.send", {"session_id": sid, "client_msg_id": f"k{i}", "body": "x"}
             )
+        # The customer keeps sending while process 2 dies and the Mitra resyncs on 3.
+        acked: list[int] = []
+
+        async def stream() -> None:
+            for i in range(6):
+                ack = await c1.request(
+                    "message.send", {"session_id": sid, "client_msg_id": f"a{i}", "body": "y"}
+                )
+                if ack["type"] != "ack":  # the 4 paid seconds ran out meanwhile
+                    assert ack["error"]["code"] == "invalid_state", ack
+                    return
+                acked.append(ack["data"]["message"]["seq"])
+
+        streaming = asyncio.create_task(stream())
         p2.kill()
         m3 = await ready(p3.ws_url, mitra)
         ack = await m3.request("hello", {"sessions": {sid: 1}})
         assert ack["type"] == "ack"
-        await until(lambda: messages(m3, sid) == [2, 3])  # lossless, no duplicate
-        for i in range(2):
-            ack = await c1.request(
-                "message.send", {"session_id": sid, "client_msg_id": f"a{i}", "body": "y"}
-            )
-            assert ack["type"] == "ack", ack
-        await until(lambda: messages(m3, sid) == [2, 3, 4, 5])
+        await streaming
+        assert acked == list(range(4, 4 + len(acked)))
+        # Lossless and no duplicate. (A live frame that reached the new socket between
+        # `ready` and its `hello` comes before the replay: docs/protocol.md, "insert by seq".)
+        expected = [2, 3, *acked]
+        try:
+            await until(lambda: sorted(messages(m3, sid)) == expected)
+        except TimeoutError:
+            raise AssertionError((messages(m3, sid), acked)) from None
+        got = messages(m3, sid)
+        assert len(got) == len(expected), got
+        replayed_at = got.index(2)
+        assert got[replayed_at:] == sorted(got[replayed_at:]), got  # replay, then live, in order
         # Process 2's timers fire on the survivors: warning and expiry, once each.
         for client in (c1, m3):
             await client.wait_for("session.one_minute_left", timeout=15)
@@ -321,8 +341,9 @@ async def test_process_killed_mid_chat(cluster: list[ServerProcess]) -> None:
         ack = await c1.request(
             "message.send", {"session_id": sid, "client_msg_id": "ext", "body": "more"}
         )
-        assert ack["data"]["message"]["seq"] == 6, ack
-        await until(lambda: messages(m3, sid) == [2, 3, 4, 5, 6])
+        assert ack["data"]["message"]["seq"] == 4 + len(acked), ack
+        await until(lambda: sorted(messages(m3, sid)) == [*expected, 4 + len(acked)])
+        assert messages(m3, sid)[-1] == 4 + len(acked)
         # The extended time runs out too; its grace ends the session (survivors' timers).
         for client in (c1, m3):
             await client.wait_for("session.expired", timeout=15)
