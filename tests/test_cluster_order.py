@@ -2,11 +2,13 @@
 of one session published by two processes may arrive in either order; each socket still
 gets them in seq order, once, with its own acked sends and a hello replay in their places."""
 
+import asyncio
 from typing import Any
 
 from beanie import PydanticObjectId
 
 from halochat.cluster.delivery import Sequencer
+from halochat.documents.common import utcnow
 
 
 class FakeSocket:
@@ -62,3 +64,28 @@ async def test_frames_out_of_order_acks_and_a_replay_come_out_in_seq_order() -> 
     assert other.sent == [3]
     order.forget_conn(sock)
     order.forget_conn(other)
+
+
+async def test_a_first_frame_waits_for_earlier_ones_published_since_the_socket_subscribed() -> None:
+    """A new session's first two messages, sent on two processes at once, reach a socket of a
+    third in either order: seq 2 first must not make seq 1 look already delivered."""
+    sid = PydanticObjectId()
+    stored_at = utcnow()
+
+    async def fetch(session_id: PydanticObjectId, before: int, since: Any) -> list[Any]:
+        """The database: seq 1 was stored after the socket subscribed."""
+        assert session_id == sid and before == 2 and since <= stored_at
+        return [(1, message(sid, 1))]
+
+    order = Sequencer(fetch)
+    sock: Any = FakeSocket()
+    order.attached(sock)
+    order.message(sock, sid, 2, message(sid, 2))  # the Mitra's, first on the bus
+    assert sock.sent == []  # held while seq 1 (stored since the socket subscribed) is awaited
+    order.message(sock, sid, 1, message(sid, 1))  # the customer's, from another process
+    for _ in range(100):
+        if sock.sent:
+            break
+        await asyncio.sleep(0.01)
+    assert sock.sent == [1, 2] and sock.live_from_seq[sid] == 1
+    order.forget_conn(sock)

@@ -41,6 +41,7 @@ from pymongo import ASCENDING
 
 from halochat.constants import AppState, ServerFrame
 from halochat.documents import Message
+from halochat.documents.common import utcnow
 from halochat.notify.delivery import Delivery
 from halochat.notify.events import Origin
 from halochat.push import Push, PushService
@@ -71,20 +72,40 @@ class _Order:
     next_seq: int
     held: dict[int, dict[str, Any] | None] = field(default_factory=dict)  # None: acked
     paused: bool = False  # a hello replay is running: hold everything
+    probing: bool = False  # the first frame: looking for earlier ones still in flight
     filler: asyncio.Task[None] | None = None
 
 
-class Sequencer:
-    """Puts a socket's `message.new` frames in seq order (see the module docstring)."""
+# The message.new frames of a session's messages with seq < `before`, created at or after
+# `since`, as (seq, frame), in seq order.
+Fetch = Callable[[PydanticObjectId, int, datetime], Awaitable[list[tuple[int, dict[str, Any]]]]]
 
-    def __init__(self) -> None:
+
+class Sequencer:
+    """Puts a socket's `message.new` frames in seq order (see the module docstring).
+
+    A socket's first frame of a session need not be the first one published after the socket
+    subscribed (two processes publish one session's messages): before it is sent, the
+    messages of that session created since the socket subscribed and below its seq are looked
+    up; they are in flight to this socket, so they are waited for (or read) and sent first."""
+
+    def __init__(self, fetch: Fetch | None = None) -> None:
         self._orders: dict[tuple[int, PydanticObjectId], _Order] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._fetch = fetch or _messages_since
+        self.attached_at: dict[int, datetime] = {}  # id(conn) -> when it was subscribed
+
+    def attached(self, conn: Connection) -> None:
+        """Compared with the messages' created_at (milliseconds, stamped by the sending
+        process: the processes' clocks must agree, as NTP keeps them, to a few ms)."""
+        now = utcnow()
+        self.attached_at[id(conn)] = now.replace(microsecond=now.microsecond // 1000 * 1000)
 
     def _get(self, conn: Connection, session_id: PydanticObjectId) -> _Order | None:
         return self._orders.get((id(conn), session_id))
 
     def forget_conn(self, conn: Connection) -> None:
+        self.attached_at.pop(id(conn), None)
         for key in [k for k in self._orders if k[0] == id(conn)]:
             order = self._orders.pop(key)
             if order.filler is not None:
@@ -108,31 +129,65 @@ class Sequencer:
     ) -> None:
         order = self._get(conn, session_id)
         if order is None:  # the first message this socket sees live in this session
-            self._orders[(id(conn), session_id)] = _Order(next_seq=seq + 1)
-            conn.live_from_seq.setdefault(session_id, seq)
-            if frame is not None:
-                conn.send(frame)
-            return
-        if seq < order.next_seq or seq in order.held:
+            order = self._orders[(id(conn), session_id)] = _Order(next_seq=seq)
+            since = self.attached_at.get(id(conn))
+            if seq > 1 and since is not None:
+                order.probing = True
+                order.held[seq] = frame
+                self._spawn(self._probe(conn, session_id, order, seq, since))
+                return
+        if (seq < order.next_seq and not order.probing) or seq in order.held:
             return  # already delivered (by a replay, or twice on the bus)
         order.held[seq] = frame
         if len(order.held) > MAX_HELD_FRAMES:
             conn.drop("behind")
             return
-        if not order.paused:
+        if not order.paused and not order.probing:
+            self._flush(conn, session_id, order)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _probe(
+        self,
+        conn: Connection,
+        session_id: PydanticObjectId,
+        order: _Order,
+        first: int,
+        since: datetime,
+    ) -> None:
+        try:
+            found = await self._fetch(session_id, first, since)
+        except Exception:
+            log.exception("looking up the messages before seq %d of %s failed", first, session_id)
+            found = []
+        if not order.probing:  # a hello replay set this socket's order meanwhile
+            return
+        order.probing = False
+        if found:
+            order.next_seq = min(seq for seq, _ in found)
+            for seq, frame in found:
+                order.held.setdefault(seq, frame)
+        for seq in [s for s in order.held if s < order.next_seq]:
+            del order.held[seq]
+        if not order.paused and not conn.closed:
             self._flush(conn, session_id, order)
 
     def _flush(self, conn: Connection, session_id: PydanticObjectId, order: _Order) -> None:
-        self._send_in_order(conn, order)
+        self._send_in_order(conn, session_id, order)
         if order.held and order.filler is None:
-            order.filler = asyncio.create_task(self._fill(conn, session_id, order))
-            self._tasks.add(order.filler)
-            order.filler.add_done_callback(self._tasks.discard)
+            order.filler = self._spawn(self._fill(conn, session_id, order))
 
     @staticmethod
-    def _send_in_order(conn: Connection, order: _Order) -> None:
+    def _send_in_order(conn: Connection, session_id: PydanticObjectId, order: _Order) -> None:
         while order.next_seq in order.held:
             frame = order.held.pop(order.next_seq)
+            # The device's live range starts at the first seq it got live (or acked): a
+            # later hello replay stops below it.
+            conn.live_from_seq.setdefault(session_id, order.next_seq)
             if frame is not None:
                 conn.send(frame)
             order.next_seq += 1
@@ -158,7 +213,7 @@ class Sequencer:
                         for seq in range(order.next_seq, upto):
                             order.held.setdefault(seq, None)
                 before = order.next_seq
-                self._send_in_order(conn, order)
+                self._send_in_order(conn, session_id, order)
                 if order.next_seq != before:  # moved on: a new hole starts its own wait
                     delay, waited = GAP_WAIT_SECONDS, 0.0
                 else:
@@ -181,6 +236,7 @@ class Sequencer:
         if order is None:
             return
         order.paused = False
+        order.probing = False  # the replay sets the baseline
         order.next_seq = max(order.next_seq, upto + 1)
         for seq in [s for s in order.held if s < order.next_seq]:
             del order.held[seq]
@@ -205,6 +261,18 @@ async def _messages(session_id: PydanticObjectId, first: int, upto: int) -> list
         .limit(MAX_HELD_FRAMES)
     )
     return await cursor.to_list(None)
+
+
+async def _messages_since(
+    session_id: PydanticObjectId, before: int, since: datetime
+) -> list[tuple[int, dict[str, Any]]]:
+    cursor = (
+        Message.get_pymongo_collection()
+        .find({"session_id": session_id, "seq": {"$lt": before}, "created_at": {"$gte": since}})
+        .sort("seq", ASCENDING)
+        .limit(MAX_HELD_FRAMES)
+    )
+    return [(doc["seq"], _message_frame(session_id, doc)) for doc in await cursor.to_list(None)]
 
 
 @dataclass
@@ -301,6 +369,7 @@ class ClusterDelivery(Delivery):
     async def attach(self, conn: Connection) -> None:
         """A socket registered in the hub: be subscribed to its user before it is served."""
         user_id = conn.user_id
+        self.sequencer.attached(conn)  # before subscribing: what is published later arrives
         if user_id in self._subs or self.nc is None:
             return
         sub = await self.nc.subscribe(self._subject(user_id), cb=self._on_frame)
