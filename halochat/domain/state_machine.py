@@ -106,8 +106,10 @@ def arm_timers(services: Services, session: ChatSession) -> None:
         if due is None:
             timers.cancel(session.id, kind)
             continue
+        if (job := TIMER_JOBS.get(kind)) is None:  # its feature module was never imported
+            raise RuntimeError(f"no @timer_job registered for {kind}")
         when: datetime = due[0]
-        timers.at(session.id, kind, when, TIMER_JOBS[kind], services, session.id, *due[1:])
+        timers.at(session.id, kind, when, job, services, session.id, *due[1:])
 
 
 async def enter(
