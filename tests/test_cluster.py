@@ -213,6 +213,19 @@ async def test_two_mitras_on_two_processes_accept_one_request(
     codes = await asyncio.gather(accept(p1, mitras[0]), accept(p2, mitras[1]))
     assert sorted(codes) == [200, 409], codes
 
+    # An admin on process 3 disables a Mitra whose socket is on process 1: it closes (4403).
+    admin = p3.create_user("admin", f"A-{tag}")
+    loser = mitras[codes.index(409)]
+    sock = await ready(p1.ws_url, loser)
+    try:
+        async with api(p3.base_url, admin) as http:
+            r = await http.post(f"/v1/admin/users/{loser.id}/disable")
+            assert r.status_code == 200, r.text
+        await until(lambda: sock.conn.close_code is not None)
+        assert sock.conn.close_code == 4403
+    finally:
+        await sock.close()
+
 
 async def test_bus_restart_resyncs_and_loses_nothing(
     cluster: list[ServerProcess], nats_server: NatsServer
