@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 HALOCHAT := $(VENV)/bin/halochat
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-load bench-timers install seed clean
+.PHONY: run run-workers test lint bench bench-load bench-cluster bench-timers install seed clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ run: $(STAMP)
 	@if [ -z "$$MONGODB_URI" ]; then HALOCHAT_DEV_MODE=1 $(HALOCHAT) seed; fi
 	HALOCHAT_DEV_MODE=1 HALOCHAT_PLAYGROUND=$${HALOCHAT_PLAYGROUND:-true} $(HALOCHAT) serve
 
+# Several workers on this machine (cluster mode): one embedded database and one nats-server
+# from the venv shared by all (docs/scaling.md). WORKERS=4 make run-workers
+run-workers: $(STAMP)
+	@if [ -z "$$MONGODB_URI" ]; then HALOCHAT_DEV_MODE=1 $(HALOCHAT) seed; fi
+	HALOCHAT_DEV_MODE=1 HALOCHAT_WORKERS=$${WORKERS:-2} $(HALOCHAT) serve
+
 seed: $(STAMP)
 	HALOCHAT_DEV_MODE=1 $(HALOCHAT) seed
 
@@ -41,6 +47,11 @@ bench: $(STAMP)
 # e.g. make bench-load ARGS="--sessions 1000".
 bench-load: $(STAMP)
 	$(PY) bench/load.py $(ARGS)
+
+# Cluster mode: single process vs 1 and 2 processes on NATS, and the two seq writers.
+bench-cluster: $(STAMP)
+	$(PY) bench/seq_writer.py
+	$(PY) bench/load.py --processes 2 --no-relay $(ARGS)
 
 bench-timers: $(STAMP)
 	$(PY) bench/timers.py $(ARGS)

@@ -26,6 +26,7 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,13 +44,16 @@ from pymongo import MongoClient
 
 from bench.common import (
     BENCH_JWT_SECRET,
+    REPO_ROOT,
     HalochatServer,
     ProcWatch,
     RelayServer,
     summary,
+    wait_ready,
 )
 from halochat.auth import issue_token
 from halochat.config import Settings
+from halochat.launch import SERVE_COMMAND, child_env, free_port
 
 # ---------------------------------------------------------------- client side (workers)
 
@@ -862,6 +866,143 @@ def report_overload(h: dict[str, Any], r: dict[str, Any] | None, args: argparse.
         print(f"  [{tag}] {label}: {got}")
 
 
+# ---------------------------------------------------------------- --processes N (cluster)
+
+
+class ClusterMember(HalochatServer):
+    """One halochat process in cluster mode on a shared database and bus."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], mongodb_uri: str, db_name: str):
+        super().__init__(workdir, env)
+        self.uri = mongodb_uri
+        self.db_name = db_name
+
+    def start(self) -> "ClusterMember":
+        env = child_env(
+            port=self.port,
+            db_name=self.db_name,
+            data_dir=self.workdir / "var",
+            jwt_secret=BENCH_JWT_SECRET,
+            mongodb_uri=self.uri,
+            extra=self.extra_env,
+        )
+        self.proc = subprocess.Popen(
+            list(SERVE_COMMAND),
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_ready(self.proc, f"{self.base_url}/readyz", self.log_path)
+        return self
+
+
+def cluster_run(
+    args: argparse.Namespace, workdir: Path, uri: str, nats_url: str | None, n: int, name: str
+) -> dict[str, Any]:
+    """n processes on the shared database (one fresh db name per run); sessions paired on
+    the first; each session's customer on process i % n and its Mitra on (i + 1) % n, so
+    with n > 1 every message crosses the bus between two processes."""
+    env = {
+        "HALOCHAT_MINUTE_SECONDS": str(args.minute_seconds),
+        "HALOCHAT_PAIRING_TIMEOUT_SECONDS": "600",
+        "HALOCHAT_HTTP_WRITE_RATE": "1000000/minute",
+        **({"HALOCHAT_NATS_URL": nats_url} if nats_url else {}),
+        **dict(kv.split("=", 1) for kv in args.env),
+    }
+    db_name = f"bench_{name.replace(' ', '_')}"
+    members: list[ClusterMember] = []
+    try:
+        for i in range(n):
+            member_dir = workdir / f"{db_name}-{i}"
+            member_dir.mkdir(parents=True, exist_ok=True)
+            members.append(ClusterMember(member_dir, env, uri, db_name).start())
+        admin_id = ObjectId()
+        with MongoClient(uri) as client:
+            client[db_name]["users"].insert_one(
+                {
+                    "_id": admin_id,
+                    "role": "admin",
+                    "display_name": "bench-admin",
+                    "available": False,
+                    "disabled": False,
+                }
+            )
+        admin_token = issue_token(Settings(jwt_secret=BENCH_JWT_SECRET), admin_id)
+        paired = asyncio.run(pair_sessions(members[0], admin_token, args.sessions))
+        specs = [
+            SessionSpec(
+                p["session_id"],
+                (
+                    SocketSpec(members[i % n].ws_url, p["customer"]),
+                    SocketSpec(members[(i + 1) % n].ws_url, p["mitra"]),
+                ),
+            )
+            for i, p in enumerate(paired)
+        ]
+        watch = ProcWatch({f"p{i}": m.pid for i, m in enumerate(members)})
+        result = run_target(name, specs, args, watch)
+        ids = result["rate"].pop("acked_ids")
+        if result["saturation"]:
+            ids += result["saturation"].pop("acked_ids")
+        result["storage"] = verify_storage(uri, db_name, ids)
+        print(f"[{name}] storage check: {result['storage']}", flush=True)
+        return result
+    finally:
+        for m in members:
+            m.stop()
+
+
+def processes_main(args: argparse.Namespace) -> None:
+    """--processes N: single mode (no bus), then cluster mode with 1..N processes, one
+    embedded database and one nats-server; msg/s and p99 of each, and the bus hop's cost."""
+    from halochat.cluster.bus import nats_server_binary
+    from halochat.db.embedded import EmbeddedMongo
+
+    with tempfile.TemporaryDirectory(prefix="halochat-bench-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        db = None if args.mongodb_uri else EmbeddedMongo(workdir / "db", exclusive=True)
+        uri = args.mongodb_uri or db.start()
+        nats_port = free_port()
+        nats = subprocess.Popen(
+            [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(nats_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        nats_url = f"nats://127.0.0.1:{nats_port}"
+        runs: list[tuple[str, dict[str, Any]]] = []
+        try:
+            runs.append(("single (no bus)", cluster_run(args, workdir, uri, None, 1, "single")))
+            for n in range(1, args.processes + 1):
+                label = f"cluster x{n}"
+                runs.append((label, cluster_run(args, workdir, uri, nats_url, n, f"cluster{n}")))
+        finally:
+            nats.terminate()
+            nats.wait(10)
+            if db is not None:
+                db.stop()
+    print("\n== processes ==")
+    print(
+        f"  {'':<18}{'sat. msg/s':>12}{'rate msg/s':>12}{'e2e p50':>10}{'e2e p99':>10}"
+        f"{'ack p99':>10}{'errors':>8}  storage"
+    )
+    for label, r in runs:
+        sat, rate = r["saturation"] or {}, r["rate"]
+        print(
+            f"  {label:<18}{sat.get('achieved_rate', 0):>12.0f}{rate['achieved_rate']:>12.0f}"
+            f"{rate['e2e_ms']['p50']:>10.1f}{rate['e2e_ms']['p99']:>10.1f}"
+            f"{rate['ack_ms']['p99']:>10.1f}{rate['error_count']:>8}  {r['storage']}"
+        )
+    base, one = runs[0][1]["rate"]["e2e_ms"], runs[1][1]["rate"]["e2e_ms"]
+    print(
+        f"  bus hop (cluster x1 - single): e2e p50 {one['p50'] - base['p50']:+.1f} ms, "
+        f"p99 {one['p99'] - base['p99']:+.1f} ms"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(dict(runs), indent=1, default=str))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=200)
@@ -890,6 +1031,15 @@ def main() -> None:
         default=0,
         help="instead: N sockets that never read, flooded with big-answer frames",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="instead: single mode, then cluster mode with 1..N processes (shared DB + NATS)",
+    )
+    parser.add_argument(
+        "--mongodb-uri", help="with --processes: this database instead of an embedded one"
+    )
     parser.add_argument("--no-relay", action="store_true")
     parser.add_argument("--relay-only", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -900,6 +1050,9 @@ def main() -> None:
         args.duration = 30.0
     if args.slow_readers:
         slow_readers_main(args)
+        return
+    if args.processes:
+        processes_main(args)
         return
 
     print(

@@ -11,16 +11,18 @@ from sanic_ext import Extend, openapi
 import halochat.ws.frames  # noqa: F401  (registers the frame handlers)
 from halochat import clock
 from halochat.auth import firebase_auth_app
-from halochat.cluster.membership import Membership
+from halochat.cluster.delivery import CLOSE_RESYNC, ClusterDelivery
+from halochat.cluster.membership import Membership, StartRefused
 from halochat.config import Settings
 from halochat.constants import AuthMode
 from halochat.db.connect import init_db, make_client
 from halochat.documents import ChatSession
-from halochat.domain import recovery
+from halochat.domain import live_sessions, recovery
 from halochat.domain.app_config import ensure_config
 from halochat.domain.sweeper import run_sweeper
 from halochat.errors import install_error_handler
 from halochat.jobs.timers import Timers
+from halochat.notify.notifier import Notifier
 from halochat.observability import logs, metrics, timeline
 from halochat.playground import playground_blueprint
 from halochat.push import PushService
@@ -116,6 +118,11 @@ def create_app(settings: Settings | None = None) -> Sanic:
             timers=Timers(),
         )
         app.ctx.services = services
+        # Cluster mode: the stored last_seq is every process's counter; events go over NATS.
+        live_sessions.enabled = settings.nats_url is None
+        if settings.nats_url:
+            services.cluster = await start_delivery(settings, services, app.ctx.membership.id)
+            services.notifier = Notifier(services.cluster)
         metrics.bind(lambda: services.hub.socket_count, count_sessions_by_state)
         services.timers.start()
         await recovery.recover(services)
@@ -130,6 +137,8 @@ def create_app(settings: Settings | None = None) -> Sanic:
             await app.ctx.sweeper
         services.timers.shutdown()
         await services.hub.close_all()
+        if services.cluster is not None:
+            await services.cluster.stop()
         await services.message_writer.aclose()
         await services.push.drain()
         await services.push.aclose()
@@ -138,6 +147,34 @@ def create_app(settings: Settings | None = None) -> Sanic:
         await services.client.close()
 
     return app
+
+
+async def start_delivery(
+    settings: Settings, services: Services, process_id: str
+) -> ClusterDelivery:
+    """Connects to the NATS bus (or refuses to start: a member without it would miss events)."""
+    hub = services.hub
+
+    async def resync_all() -> None:  # the bus reconnected: frames may have been missed
+        conns = hub.all_connections()
+        await asyncio.gather(*(c.close(CLOSE_RESYNC, "bus_reconnected") for c in conns))
+
+    delivery = ClusterDelivery(
+        url=settings.nats_url or "",
+        db_name=settings.db_name,
+        process_id=process_id,
+        hub=hub,
+        push=services.push,
+        on_resync=resync_all,
+    )
+    try:
+        await delivery.start()
+    except Exception as exc:
+        raise StartRefused(
+            f"cluster mode: cannot reach the NATS bus at {settings.nats_url} ({exc!r}); "
+            "start nats-server first or fix HALOCHAT_NATS_URL (docs/scaling.md)"
+        ) from exc
+    return delivery
 
 
 async def count_sessions_by_state() -> dict[str, int]:

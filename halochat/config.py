@@ -85,8 +85,12 @@ class Settings(BaseSettings):
     # (make run turns it on); when off, /playground is a 404.
     playground: bool = False
     # More than one process (docs/scaling.md). Unset = one process per database, enforced by
-    # a lease in the database. Set = cluster mode, which refuses to start until issue 13.
+    # a lease in the database. Set = cluster mode: processes joined by this NATS bus.
     nats_url: str | None = None
+    # Several server processes on this machine (HALOCHAT_WORKERS > 1): one embedded database
+    # and one local nats-server shared by all, each worker in cluster mode on the same port.
+    workers: int = Field(default=1, ge=1, le=64)
+    reuse_port: bool = False  # set for the workers: listen with SO_REUSEPORT
     lease_heartbeat_seconds: float = Field(default=5.0, gt=0)
     lease_ttl_seconds: float = Field(default=15.0, gt=0)
 

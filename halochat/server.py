@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from urllib.parse import unquote_plus
 
 from halochat.cluster.membership import ExitCode, StartRefused
+from halochat.cluster.workers import local_nats, reuse_port_socket, run_workers
 from halochat.config import Settings
 from halochat.db.embedded import DataDirInUse, EmbeddedMongo
 from halochat.observability import logs
@@ -111,6 +112,9 @@ def serve(settings: Settings | None = None) -> None:
         log.critical("refusing to start: %s", exc)
         sys.exit(2)
     database_lost = threading.Event()
+    if settings.workers > 1:
+        _serve_workers(settings)
+        return
 
     def give_up() -> None:  # from the supervisor thread: stop serving, then exit non-zero
         database_lost.set()
@@ -136,9 +140,12 @@ def serve(settings: Settings | None = None) -> None:
                 )
             # One process: the WebSocket hub and timers are in-process state, and a lease in
             # the database keeps any other process off it (docs/scaling.md).
+            # A worker of HALOCHAT_WORKERS shares its port with the others (SO_REUSEPORT).
+            sock = reuse_port_socket(resolved.host, resolved.port) if resolved.reuse_port else None
             app.run(
-                host=resolved.host,
-                port=resolved.port,
+                host=None if sock else resolved.host,
+                port=None if sock else resolved.port,
+                sock=sock,
                 single_process=True,
                 access_log=resolved.access_log,
                 motd=False,
@@ -154,3 +161,25 @@ def serve(settings: Settings | None = None) -> None:
         raise SystemExit(EXIT_DATABASE_LOST)
     if app.ctx.membership.lost:
         raise SystemExit(ExitCode.LEASE_LOST)
+
+
+def _serve_workers(settings: Settings) -> None:
+    """HALOCHAT_WORKERS > 1: the shared database and bus, then the workers (cluster mode)."""
+    try:
+        with (
+            resolve_database(settings, server=True) as (resolved, _),
+            local_nats(resolved) as nats_url,
+        ):
+            log.info(
+                "serving on http://%s:%s with %d workers (cluster mode, bus %s)",
+                resolved.host,
+                resolved.port,
+                resolved.workers,
+                nats_url,
+            )
+            status = run_workers(resolved, resolved.mongodb_uri or "", nats_url)
+    except DataDirInUse as exc:
+        log.error("not starting: %s", exc)
+        raise SystemExit(EXIT_DATA_DIR_IN_USE) from None
+    if status:
+        raise SystemExit(status)

@@ -1,6 +1,7 @@
 """The per-app service container handed to domain functions (app.ctx.services)."""
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pymongo import AsyncMongoClient
 
@@ -29,6 +30,9 @@ class Services:
     rate_limits: RateLimits = field(init=False)
     # The one way events leave the domain (halochat/notify): this process's hub and FCM.
     notifier: Notifier = field(init=False)
+    # Cluster mode (HALOCHAT_NATS_URL): the ClusterDelivery behind the notifier
+    # (halochat/cluster/delivery.py); the WebSocket layer subscribes users' sockets on it.
+    cluster: Any = None
 
     def __post_init__(self) -> None:
         self.rate_limits = RateLimits(self.settings)

@@ -123,7 +123,7 @@ async def fresh_db(mongodb_uri: str) -> AsyncIterator[tuple[Settings, Any]]:
 async def test_the_claim_is_atomic(fresh_db: tuple[Settings, Any]) -> None:
     """Many claims at the same instant on one database (the start-up's claim without the
     process around it), on no lease and on a stale one: exactly one holds the lease. A
-    cluster-mode claim (the seam of issue 13) does not join a database a single process
+    cluster-mode claim does not join a database a single process
     holds."""
     settings, db = fresh_db
     members = [Membership(settings, on_lost=lambda: None) for _ in range(8)]
@@ -142,8 +142,7 @@ async def test_the_claim_is_atomic(fresh_db: tuple[Settings, Any]) -> None:
     won = await asyncio.gather(*(m._claim() for m in others))
     assert sum(won) == 1, won
     assert await holder._renew() is False
-    with pytest.raises(StartRefused, match=r"cluster mode .* is not implemented yet"):
-        await cluster.join()
+    assert await cluster._claim() is False  # the new single holder's lease is live
 
 
 def test_a_ttl_shorter_than_two_heartbeats_is_refused() -> None:

@@ -1,2 +1,3 @@
 """Running more than one server process (docs/scaling.md): membership and the database lease
-today; the NATS bus of cluster mode (issue 13) later."""
+(membership.py), the NATS bus of cluster mode (delivery.py, bus.py), HALOCHAT_WORKERS
+(workers.py)."""

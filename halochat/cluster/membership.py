@@ -18,8 +18,8 @@ retried; a heartbeat that finds the lease no longer its own (taken over, possibl
 the TTL passed without one, or released again since: gone) stops this process with exit
 status LEASE_LOST, since another process may have served the database meanwhile.
 
-Cluster mode is the seam of issue 13: it claims the lease for the cluster (any number of
-cluster members, no single-mode process), but refuses to start until the bus exists.
+Cluster mode (HALOCHAT_NATS_URL set) claims the lease for the cluster: any number of cluster
+members, joined by the NATS bus (halochat/cluster/delivery.py), and no single-mode process.
 See docs/scaling.md.
 """
 
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 class ExitCode(IntEnum):
     """Exit statuses of `python -m halochat serve` (documented in docs/operations.md)."""
 
-    REFUSED = 3  # would share the database without a bus, or cluster mode requested
+    REFUSED = 3  # would share the database without a bus (or with a process of the other mode)
     LEASE_LOST = 4  # another process took the lease over while this one was running
 
 
@@ -185,12 +185,6 @@ class Membership:
 
     async def join(self) -> None:
         """Claims the lease (or raises StartRefused), registers, starts the heartbeat."""
-        if self.mode is ProcessMode.CLUSTER:
-            raise StartRefused(
-                "HALOCHAT_NATS_URL is set, but cluster mode (several processes joined by a "
-                "NATS bus, issue 13) is not implemented yet. Unset HALOCHAT_NATS_URL and run "
-                "one process per database (docs/scaling.md)."
-            )
         await self._acquire()
         await self._register()
         self._task = asyncio.create_task(self._beat_forever(), name="lease-heartbeat")
@@ -238,8 +232,8 @@ class Membership:
             "without a message bus would corrupt sessions (two seq counters, messages "
             "accepted after a session ended). Stop the other process and start this one "
             "again, or give each process its own database (MONGODB_URI / HALOCHAT_DB_NAME). "
-            "Running several processes together (cluster mode, HALOCHAT_NATS_URL) is not "
-            f"available yet (docs/scaling.md). A crashed holder's lease expires "
+            "Several processes on one database run in cluster mode: every one of them with "
+            "HALOCHAT_NATS_URL set (docs/scaling.md). A crashed holder's lease expires "
             f"{self.settings.lease_ttl_seconds:g} s after its last heartbeat "
             "(HALOCHAT_LEASE_TTL_SECONDS)."
         )

@@ -61,6 +61,9 @@ class LiveSession:
 
 
 _live: dict[PydanticObjectId, LiveSession] = {}
+# False in cluster mode (set at start-up): no process may keep a session's counter, the
+# stored last_seq is the counter (halochat/domain/messaging/seq.py, "cluster mode").
+enabled = True
 
 
 def get(session_id: PydanticObjectId) -> LiveSession | None:
@@ -73,7 +76,8 @@ def remember(session: ChatSession) -> LiveSession | None:
     send already loaded is kept (it may be ahead), its ends_at moved to the later one.
     None unless the session is ACTIVE."""
     if (
-        session.id is None
+        not enabled
+        or session.id is None
         or session.state != SessionState.ACTIVE
         or session.mitra_id is None
         or session.ends_at is None

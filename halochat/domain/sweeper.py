@@ -12,12 +12,13 @@ the same database at once, and each deadline still fires exactly once.
 
 import asyncio
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from halochat.constants import GRACE_STATES, SessionState
 from halochat.documents import ChatSession
 from halochat.documents.common import utcnow
+from halochat.domain import lifecycle
 from halochat.domain.recovery import reconcile_session
 from halochat.errors import database_unavailable
 from halochat.services import Services
@@ -40,6 +41,19 @@ def overdue_queries(now: datetime) -> list[tuple[dict[str, Any], str]]:
     ]
 
 
+async def sweep_warnings(services: Services, now: datetime) -> int:
+    """ "1 minute left" warnings due now and not yet sent (the process that armed their timer
+    may be gone): `send_warning` claims each once per ends_at, whoever else tries."""
+    lead = timedelta(seconds=services.settings.warning_lead_seconds)
+    query = {"state": S.ACTIVE.value, "ends_at": {"$gt": now, "$lte": now + lead}}
+    batch = await ChatSession.find(query).sort("ends_at").limit(SWEEP_BATCH).to_list()
+    sent = 0
+    for session in batch:
+        if session.id is not None and session.warned_for != session.ends_at:
+            sent += await lifecycle.send_warning(services, session.id, session.ends_at)
+    return sent
+
+
 async def sweep(services: Services) -> int:
     """One pass over the overdue deadlines; returns how many sessions it reconciled (some
     may have been decided meanwhile by a timer or another process: then nothing changes).
@@ -58,7 +72,7 @@ async def sweep(services: Services) -> int:
             count += len(batch)
             if len(batch) < SWEEP_BATCH:
                 break
-    return count
+    return count + await sweep_warnings(services, utcnow())
 
 
 async def run_sweeper(services: Services) -> None:

@@ -81,5 +81,11 @@ async def loadz(request: Request) -> HTTPResponse:
             "queued_bytes": services.hub.queued_bytes(),
             "store_inflight": writer.inflight,
             "store_inflight_bytes": writer.inflight_bytes,
+            # Cluster mode: the NATS bus link (docs/scaling.md); single mode: not_used.
+            "bus": NOT_USED
+            if services.cluster is None
+            else "connected"
+            if services.cluster.connected
+            else "disconnected",
         }
     )

@@ -260,6 +260,8 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
             await ws.send(encode(error_frame(err, None)))
             await ws.close(code=CLOSE_TOO_MANY_SOCKETS, reason=err.code.value)
         return
+    if services.cluster is not None:  # cluster mode: this process hears the user's events
+        await services.cluster.attach(conn)
     expired = _token_expired()
     conn.close_at(
         identity.expires_at, CLOSE_AUTH_FAILED, expired.code.value, error_frame(expired, None)
@@ -324,3 +326,5 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
         inbox.put_nowait(None)
         log.info("disconnected: user %s", user.id)
         await services.hub.remove(conn)
+        if services.cluster is not None:
+            await services.cluster.detach(conn)

@@ -252,6 +252,9 @@ class Hub:
         await asyncio.gather(*(c.close(code, reason, frame) for c in conns))
         return len(conns)
 
+    def all_connections(self) -> list[Connection]:
+        return [c for conns in self._by_user.values() for c in conns if not c.closed]
+
     def queued_bytes(self) -> int:
         """Bytes queued for all sockets (what slow readers can make the server hold)."""
         return sum(c.queued_bytes for conns in self._by_user.values() for c in conns)

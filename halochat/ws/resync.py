@@ -58,9 +58,16 @@ def plan_hello(sessions: dict[str, int]) -> HelloPlan:
     return HelloPlan(wanted, errors)
 
 
-async def resync(conn: Connection, plan: HelloPlan, send_ack: Callable[[], None]) -> None:
+async def resync(
+    conn: Connection,
+    plan: HelloPlan,
+    send_ack: Callable[[], None],
+    sequencer: Any = None,
+) -> None:
     """hello: ack, `sync` (open + listed sessions, watermarks, errors), then each listed
-    session's missed messages in seq order, under the listed sessions' locks."""
+    session's missed messages in seq order, under the listed sessions' locks. In cluster
+    mode the locks are this process's only, so `sequencer` (halochat/cluster/delivery.py)
+    holds the listed sessions' live messages for this socket until their replay is done."""
     who = Sender(conn.user_id, conn.role)
     # Which listed sessions are the caller's, in one query BEFORE taking any lock: listing
     # someone else's session ids must not stall their chat (it only yields errors).
@@ -72,6 +79,8 @@ async def resync(conn: Connection, plan: HelloPlan, send_ack: Callable[[], None]
     async with AsyncExitStack() as stack:
         for session_id in sorted(own_ids):  # one global order: no deadlock
             await stack.enter_async_context(session_lock(session_id))
+            if sequencer is not None:
+                sequencer.pause(conn, session_id)
         send_ack()
         listed = [
             ChatSession.model_validate(doc)
@@ -90,10 +99,16 @@ async def resync(conn: Connection, plan: HelloPlan, send_ack: Callable[[], None]
             )
         )
         for session_id, session in found.items():
-            await _replay(conn, session, plan.wanted[session_id])
+            sent = await _replay(conn, session, plan.wanted[session_id])
+            if sequencer is not None:
+                sequencer.replayed(conn, session_id, sent)
+        if sequencer is not None:
+            for session_id in own_ids - found.keys():
+                sequencer.replayed(conn, session_id, 0)
 
 
-async def _replay(conn: Connection, session: ChatSession, last_seq: int) -> None:
+async def _replay(conn: Connection, session: ChatSession, last_seq: int) -> int:
+    """Replays the messages after last_seq; returns the last seq the device now has."""
     # Messages this device already got live (since it connected) are not repeated.
     last = current_last_seq(session)
     upto = min(conn.live_from_seq.get(session.id, last + 1) - 1, last)
@@ -101,10 +116,11 @@ async def _replay(conn: Connection, session: ChatSession, last_seq: int) -> None
     while after < upto:
         docs = await messages_between(session.id, after, upto)
         if not docs:
-            return
+            break
         for doc in docs:
             message = Message.model_validate(doc)
             data = {"session_id": str(session.id), "message": message_view(message)}
             if not await conn.send_wait(frame(ServerFrame.MESSAGE, data)):
-                return
-        after = docs[-1]["seq"]
+                return after
+            after = doc["seq"]
+    return after

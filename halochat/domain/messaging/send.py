@@ -31,7 +31,7 @@ from halochat.domain.messaging.common import (
     overloaded,
     why_refused,
 )
-from halochat.domain.messaging.seq import insert_next, retried, stored_message
+from halochat.domain.messaging.seq import insert_next, retried, stored_message, take_seq
 from halochat.errors import ApiError
 from halochat.notify.events import MessageStored, Origin
 from halochat.push import Push
@@ -105,13 +105,22 @@ async def _store_and_publish(services: Services, out: Outgoing) -> SendResult:
 
 async def _store_and_publish_locked(services: Services, out: Outgoing) -> SendResult:
     who, session_id = out.who, out.session_id
-    live = await live_sessions.load(session_id)
+    if services.settings.nats_url:  # cluster mode: the seq from the database (seq.py)
+        if asyncio.get_running_loop().time() >= out.deadline:  # shed before a seq is taken
+            raise overloaded()
+        taken = await take_seq(who, session_id, out.client_msg_id)
+        if isinstance(taken, SendResult):
+            return taken
+        live: LiveSession | None = taken
+    else:
+        live = await live_sessions.load(session_id)
     if live is None or live.party_id(who.role) != who.id:
         # A retry of a message stored before the session left ACTIVE still gets its ack.
         if live is None and (stored := await stored_message(session_id, out.client_msg_id)):
             return await retried(who, session_id, stored)
         raise await why_refused(who, session_id, "send messages")
-    if live.time_up(utcnow()):
+    # (Cluster mode: the seq was taken before ends_at, by the database's filter.)
+    if not services.settings.nats_url and live.time_up(utcnow()):
         raise time_up(live)
     message = await insert_next(services, live, out)
     if isinstance(message, SendResult):

@@ -99,6 +99,7 @@ async def hello(services: Services, conn: Connection, data: dict[str, Any]) -> A
     plan = plan_hello(frame.sessions)
 
     async def run(send_ack: Any) -> None:
-        await resync(conn, plan, send_ack)
+        sequencer = services.cluster.sequencer if services.cluster is not None else None
+        await resync(conn, plan, send_ack, sequencer)
 
     return AckThen({"sessions": len(frame.sessions)}, run)

@@ -1,0 +1,91 @@
+"""The per-socket seq order of cluster mode (halochat/cluster/delivery.py, Sequencer): frames
+of one session published by two processes may arrive in either order; each socket still
+gets them in seq order, once, with its own acked sends and a hello replay in their places."""
+
+import asyncio
+from typing import Any
+
+from beanie import PydanticObjectId
+
+from halochat.cluster.delivery import Sequencer
+from halochat.documents.common import utcnow
+
+
+class FakeSocket:
+    """What the Sequencer uses of a Connection."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+        self.closed = False
+        self.live_from_seq: dict[PydanticObjectId, int] = {}
+
+    def send(self, frame: dict[str, Any]) -> bool:
+        self.sent.append(frame["data"]["message"]["seq"])
+        return True
+
+    def drop(self, why: str) -> None:
+        self.closed = True
+
+
+def message(session_id: PydanticObjectId, seq: int) -> dict[str, Any]:
+    return {"type": "message.new", "data": {"session_id": str(session_id), "message": {"seq": seq}}}
+
+
+async def test_frames_out_of_order_acks_and_a_replay_come_out_in_seq_order() -> None:
+    order, sid = Sequencer(), PydanticObjectId()
+    sock: Any = FakeSocket()
+
+    def arrive(seq: int) -> None:
+        order.message(sock, sid, seq, message(sid, seq))
+
+    arrive(5)  # the first live frame: the device's live range starts here
+    assert sock.sent == [5] and sock.live_from_seq[sid] == 5
+    arrive(7)  # ahead: held until 6 arrives
+    assert sock.sent == [5]
+    arrive(6)
+    assert sock.sent == [5, 6, 7]
+    order.acked(sock, sid, 8)  # this socket's own send, answered by its ack
+    arrive(9)
+    arrive(9)  # twice on the bus: once on the device
+    arrive(4)  # before the live range: the hello replay's, not live
+    assert sock.sent == [5, 6, 7, 9]
+
+    order.pause(sock, sid)  # a hello replay runs: live frames wait
+    arrive(11)
+    arrive(10)
+    assert sock.sent == [5, 6, 7, 9]
+    order.replayed(sock, sid, 10)  # the replay sent up to 10
+    assert sock.sent == [5, 6, 7, 9, 11]
+
+    other = FakeSocket()
+    order.pause(other, sid)  # a fresh socket whose first act is hello
+    order.message(other, sid, 3, message(sid, 3))
+    order.replayed(other, sid, 2)
+    assert other.sent == [3]
+    order.forget_conn(sock)
+    order.forget_conn(other)
+
+
+async def test_a_first_frame_waits_for_earlier_ones_published_since_the_socket_subscribed() -> None:
+    """A new session's first two messages, sent on two processes at once, reach a socket of a
+    third in either order: seq 2 first must not make seq 1 look already delivered."""
+    sid = PydanticObjectId()
+    stored_at = utcnow()
+
+    async def fetch(session_id: PydanticObjectId, before: int, since: Any) -> list[Any]:
+        """The database: seq 1 was stored after the socket subscribed."""
+        assert session_id == sid and before == 2 and since <= stored_at
+        return [(1, message(sid, 1))]
+
+    order = Sequencer(fetch)
+    sock: Any = FakeSocket()
+    order.attached(sock)
+    order.message(sock, sid, 2, message(sid, 2))  # the Mitra's, first on the bus
+    assert sock.sent == []  # held while seq 1 (stored since the socket subscribed) is awaited
+    order.message(sock, sid, 1, message(sid, 1))  # the customer's, from another process
+    for _ in range(100):
+        if sock.sent:
+            break
+        await asyncio.sleep(0.01)
+    assert sock.sent == [1, 2] and sock.live_from_seq[sid] == 1
+    order.forget_conn(sock)
