@@ -11,7 +11,8 @@ from halochat.documents.common import utcnow
 from halochat.errors import not_found
 from halochat.inputs import Line
 from halochat.routes.common import json_response, parse_body
-from halochat.routes.openapi_docs import json_body
+from halochat.routes.openapi_docs import AUTH, BODY, WRITE, answers, errors, json_body
+from halochat.views import DeviceDeleted, DeviceList, DeviceView
 
 bp = Blueprint("devices", url_prefix="/v1/devices")
 
@@ -26,17 +27,11 @@ class DeviceIn(BaseModel):
     platform: Line | None = Field(default=None, max_length=32)
 
 
-def device_view(device: Device) -> dict[str, object]:
-    return {
-        "device_id": device.device_id,
-        "platform": device.platform,
-        "updated_at": device.updated_at,
-    }
-
-
 @bp.put("/")
 @openapi.summary("Register (or refresh) this device's FCM token")
 @json_body(DeviceIn)
+@answers(200, DeviceView, "the device as registered")
+@errors(*AUTH, *BODY)
 @openapi.secured("bearer")
 @authenticated()
 async def register_device(request: Request) -> HTTPResponse:
@@ -52,20 +47,24 @@ async def register_device(request: Request) -> HTTPResponse:
         upsert=True,
         return_document=ReturnDocument.AFTER,
     )
-    return json_response(device_view(Device.model_validate(raw)))
+    return json_response(DeviceView.of(Device.model_validate(raw)).dump())
 
 
 @bp.get("/")
 @openapi.summary("This user's registered devices")
+@answers(200, DeviceList, "the devices")
+@errors(*AUTH)
 @openapi.secured("bearer")
 @authenticated()
 async def list_devices(request: Request) -> HTTPResponse:
     devices = await Device.find(Device.user_id == request.ctx.user.id).to_list()
-    return json_response({"devices": [device_view(d) for d in devices]})
+    return json_response(DeviceList(devices=[DeviceView.of(d) for d in devices]).dump())
 
 
 @bp.delete("/<device_id:str>")
 @openapi.summary("Unregister a device (logout)")
+@answers(200, DeviceDeleted, "the device is unregistered")
+@errors(*AUTH, *WRITE, ErrorCode.NOT_FOUND)
 @openapi.secured("bearer")
 @authenticated()
 async def unregister_device(request: Request, device_id: str) -> HTTPResponse:
@@ -74,4 +73,4 @@ async def unregister_device(request: Request, device_id: str) -> HTTPResponse:
     )
     if result.deleted_count == 0:
         raise not_found("device not registered", ErrorCode.NOT_FOUND)
-    return json_response({"deleted": device_id})
+    return json_response(DeviceDeleted(deleted=device_id).dump())
