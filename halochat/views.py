@@ -2,9 +2,11 @@
 
 Ids are strings, times ISO 8601 UTC. Each model is built from the documents (`SessionView.of`,
 `UserView.of`, ...) or, where the domain builds the data (transactions, chat options, receipts,
-timelines), validated from it; `dump()` is the dict the server sends. The same models are the
-OpenAPI `components/schemas` (halochat/routes/openapi_docs.py), so /docs/openapi.json describes
-exactly what is sent.
+timelines), validated from it; `dump()` is the dict the server sends. The WebSocket frames and
+pushes carry the same views through `session_view()` / `message_view()` / `user_view()`: the
+models' own field builders (`fields_of`), without the validation (they run for every frame).
+The same models are the OpenAPI `components/schemas` (halochat/routes/openapi_docs.py), so
+/docs/openapi.json describes exactly what is sent.
 
 Absent is not null: a field that is sometimes left out (`available` of a non-Mitra, `token`
 outside local auth, `status` of a message seen without its session, ...) has no default value
@@ -83,7 +85,7 @@ class UserView(View):
     def fields_of(user: User) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "id": str(user.id),
-            "role": user.role,
+            "role": user.role.value,
             "display_name": user.display_name,
             "created_at": user.created_at,
         }
@@ -137,7 +139,7 @@ class UserToken(View):
 
 
 def user_view(user: User) -> dict[str, Any]:
-    return UserView.of(user).dump()
+    return UserView.fields_of(user)
 
 
 def admin_user_view(user: User) -> dict[str, Any]:
@@ -282,10 +284,11 @@ class SessionView(View):
 
     @staticmethod
     def fields_of(session: ChatSession, viewer_role: Role | None = None) -> dict[str, Any]:
+        """The view as JSON-ready data (what the WebSocket frames carry)."""
         ext = session.extension
         fields: dict[str, Any] = {
             "id": str(session.id),
-            "state": session.state,
+            "state": session.state.value,
             "customer": {"id": str(session.customer_id), "name": session.customer_name},
             "mitra": (
                 {"id": str(session.mitra_id), "name": session.mitra_name}
@@ -303,7 +306,9 @@ class SessionView(View):
             "end_reason": session.end_reason,
             "extension": ext.model_dump(mode="json") if ext is not None else None,
             "closures": {
-                role.value: (c.model_dump() if (c := session.closures.of(role)) else None)
+                role.value: (
+                    c.model_dump(mode="json") if (c := session.closures.of(role)) else None
+                )
                 for role in (Role.CUSTOMER, Role.MITRA)
             },
             "last_seq": current_last_seq(session),
@@ -312,7 +317,7 @@ class SessionView(View):
         if viewer_role is not None:
             other_id, other_name = session.other_party(viewer_role)
             fields["other_party"] = (
-                {"id": str(other_id), "name": other_name, "role": viewer_role.counterpart}
+                {"id": str(other_id), "name": other_name, "role": viewer_role.counterpart.value}
                 if other_id is not None
                 else None
             )
@@ -325,7 +330,7 @@ class SessionView(View):
 
 
 def session_view(session: ChatSession, viewer_role: Role | None = None) -> dict[str, Any]:
-    return SessionView.of(session, viewer_role).dump()
+    return SessionView.fields_of(session, viewer_role)
 
 
 class HistorySession(SessionView):
@@ -440,23 +445,28 @@ class MessageView(View):
 
     @classmethod
     def of(cls, message: Message, session: ChatSession | None = None) -> Self:
+        return cls.model_validate(cls.fields_of(message, session))
+
+    @staticmethod
+    def fields_of(message: Message, session: ChatSession | None = None) -> dict[str, Any]:
+        """The view as JSON-ready data (what the WebSocket frames carry)."""
         fields: dict[str, Any] = {
             "id": str(message.id),
             "session_id": str(message.session_id),
             "seq": message.seq,
             "sender_id": str(message.sender_id),
-            "sender_role": message.sender_role,
+            "sender_role": message.sender_role.value,
             "client_msg_id": message.client_msg_id,
             "body": message.body,
             "created_at": message.created_at,
         }
         if session is not None:
-            fields["status"] = message_status(message, session)
-        return cls.model_validate(fields)
+            fields["status"] = message_status(message, session).value
+        return fields
 
 
 def message_view(message: Message, session: ChatSession | None = None) -> dict[str, Any]:
-    return MessageView.of(message, session).dump()
+    return MessageView.fields_of(message, session)
 
 
 class MessagePage(View):
