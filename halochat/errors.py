@@ -4,7 +4,7 @@ import asyncio
 import logging
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 from sanic import Request, Sanic
 from sanic.exceptions import SanicException
@@ -36,6 +36,62 @@ class ApiError(Exception):
         if self.details:
             body["details"] = self.details
         return body
+
+
+class ErrorBody(BaseModel):
+    """What went wrong: `code` for programs, `message` for people, `details` when useful."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: ErrorCode
+    message: str
+    details: dict[str, Any] = Field(
+        default=None,  # type: ignore[assignment]
+        description="sent only when there is something to add (fields, state, retry_after, ...)",
+        json_schema_extra=lambda schema: schema.pop("default", None),  # absent, never null
+    )
+
+
+class ErrorEnvelope(BaseModel):
+    """The body of every 4xx/5xx answer (the OpenAPI documents it with its codes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorBody
+
+
+# The HTTP status each code is answered with (4xx and 503 only; the OpenAPI lists them).
+ERROR_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_JSON: 400,
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.AUTH_REQUIRED: 401,
+    ErrorCode.INVALID_TOKEN: 401,
+    ErrorCode.TOKEN_EXPIRED: 401,
+    ErrorCode.USER_NOT_FOUND: 401,
+    ErrorCode.TOKEN_REVOKED: 401,
+    ErrorCode.USER_DISABLED: 403,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.WRONG_ROLE: 403,
+    ErrorCode.NOT_PARTICIPANT: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.SESSION_NOT_FOUND: 404,
+    ErrorCode.TIER_NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.INVALID_STATE: 409,
+    ErrorCode.SESSION_ALREADY_OPEN: 409,
+    ErrorCode.REQUEST_TAKEN: 409,
+    ErrorCode.FREE_TRIAL_UNAVAILABLE: 409,
+    ErrorCode.ALREADY_RESOLVED: 409,
+    ErrorCode.ALREADY_SUBMITTED: 409,
+    ErrorCode.DUPLICATE: 409,
+    ErrorCode.SELF_LOCKOUT: 409,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.VALIDATION_ERROR: 422,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.OVERLOADED: 503,
+}
 
 
 def not_found(message: str, code: ErrorCode = ErrorCode.NOT_FOUND) -> ApiError:

@@ -2,10 +2,13 @@
 
 Properties, for every operation in /docs/openapi.json and every role (customer, Mitra, admin):
 - the server never answers 5xx, and every 4xx carries {"error": {"code", "message"}};
+- every answer is documented: its status, its content type and its body's schema (the response
+  models of halochat/views.py and the error envelope of halochat/errors.py);
 - raw junk bodies (bytes, non-JSON, JSON of wrong types, huge strings, nested junk) at every
   route that documents a body, with path ids of real sessions, are rejected with a 4xx in that
   shape, and a rejected request leaves every stored collection unchanged;
-- every route that parses a body documents it (`@openapi.body`), so schemathesis can fuzz it.
+- every route that parses a body documents it (`@openapi.body`), so schemathesis can fuzz it;
+- every operation documents a 2xx body schema and its error answers with their codes.
 
 Example counts: HALOCHAT_FUZZ_EXAMPLES (see docs/testing.md); the default keeps the module fast.
 Generation is derandomized, so a failure reproduces on every run with the same code.
@@ -29,8 +32,14 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from halochat.constants import ErrorCode
+from halochat.errors import ERROR_STATUS, ErrorEnvelope
 from halochat.routes import ROUTE_BLUEPRINTS
 from halochat.routes.common import parse_body, parse_query
 from tests.support.clients import Actor
@@ -314,6 +323,9 @@ def assert_error_shape(status: int, text: str, what: str) -> dict[str, Any]:
     assert isinstance(error, dict), f"{what}: {status} without the error shape: {text[:300]}"
     assert isinstance(error.get("code"), str) and error["code"], f"{what}: {text[:300]}"
     assert isinstance(error.get("message"), str), f"{what}: {text[:300]}"
+    # The documented envelope exactly: a known code, answered with its documented status.
+    envelope = ErrorEnvelope.model_validate(body)
+    assert ERROR_STATUS[envelope.error.code] == status, f"{what}: {status} {text[:300]}"
     return error
 
 
@@ -344,6 +356,68 @@ def test_every_route_documents_the_body_and_query_it_parses(world: World) -> Non
         if f"{parse_query.__name__}(" in source and not query:
             missing.append(f"{method.upper()} {path}: no query parameters")
     assert not missing, f"undocumented inputs: {missing}"
+
+
+def resolve(openapi: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref", "")
+    if ref.startswith("#/components/schemas/"):
+        return openapi["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    return schema
+
+
+def documented_codes(description: str) -> list[str]:
+    """The `error.code` values an error answer's description names (`code`, ...)."""
+    return re.findall(r"`([a-z_]+)`", description.partition("error.code:")[2])
+
+
+def test_every_operation_documents_its_answers(world: World) -> None:
+    """A client generated from the document gets a type for every answer: each operation has
+    a 2xx body schema (no bare `default`), and its error answers: the envelope under each
+    status it can answer, naming the codes. Authenticated operations document 401/403/503,
+    writes 429, bodies 400/413/422, path ids 404 (or 422)."""
+    problems = []
+    for method, path, op in operations(world.openapi):
+        what = f"{method.upper()} {path}"
+        responses = op.get("responses", {})
+        if "default" in responses:
+            problems.append(f"{what}: a bare default response")
+        ok = {s: r for s, r in responses.items() if s.startswith("2")}
+        if not ok:
+            problems.append(f"{what}: no 2xx answer")
+        for status, answer in ok.items():
+            content = answer.get("content", {})
+            json_schema = resolve(
+                world.openapi, content.get("application/json", {}).get("schema", {})
+            )
+            plain = content.get("text/plain", {}).get("schema", {})
+            if not json_schema.get("properties") and not plain:
+                problems.append(f"{what}: {status} has no body schema")
+        expected = set()
+        if op.get("security"):
+            expected |= {"401", "403", "503"}
+            if method != "get":
+                expected.add("429")
+        if body_schema(op) is not None:
+            expected |= {"400", "413", "422"}
+        if "{" in path:
+            expected.add("404" if "404" in responses else "422")
+        for status in sorted(expected - set(responses)):
+            problems.append(f"{what}: error {status} not documented")
+        for status, answer in responses.items():
+            if status.startswith("2"):
+                continue
+            schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
+            if schema != {"$ref": "#/components/schemas/ErrorEnvelope"}:
+                problems.append(f"{what}: {status} is not the error envelope")
+            codes = documented_codes(answer.get("description", ""))
+            wrong = [
+                c for c in codes if c not in ErrorCode or ERROR_STATUS[ErrorCode(c)] != int(status)
+            ]
+            if not codes or wrong:
+                problems.append(f"{what}: {status} names codes {codes} (wrong status: {wrong})")
+    assert not problems, "\n".join(problems)
+    envelope = world.openapi["components"]["schemas"]["ErrorEnvelope"]
+    assert envelope["required"] == ["error"] and envelope["additionalProperties"] is False
 
 
 def fuzz_raw_bodies(
@@ -438,10 +512,21 @@ def test_a_unique_index_collision_is_a_conflict_not_a_server_error(world: World)
     assert again.json()["error"]["code"] == ErrorCode.DUPLICATE
 
 
+# What schemathesis checks of every answer: no 5xx, and the status, content type and body are
+# the documented ones (the body validated against the operation's response schema).
+ANSWER_CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
 @pytest.mark.parametrize("role", ["customer", "mitra", "admin"])
 def test_schemathesis_no_server_errors(world: World, role: str) -> None:
     """Positive and negative cases from the document, as each role in turn; the same
-    properties as for raw bodies (no 5xx, error shape, rejected = nothing stored changed)."""
+    properties as for raw bodies (no 5xx, error shape, rejected = nothing stored changed),
+    and every answer conforms to the document (status, content type, body schema)."""
     server = world.server
     actor = world.actors[role]
     schema = schemathesis.openapi.from_dict(schemathesis_ready(world.openapi))
@@ -460,11 +545,13 @@ def test_schemathesis_no_server_errors(world: World, role: str) -> None:
             @given(case=cases, real_ids=st.fixed_dictionaries({p: world.ids() for p in params}))
             def check(case: Any, real_ids: dict[str, str]) -> None:
                 if real_ids and case.path_parameters is not None:
-                    case.path_parameters = {**case.path_parameters, **real_ids}
+                    # Sent as given: quoted here, or a "#" or "?" in junk would cut the path.
+                    quoted = {p: quote(v, safe="") for p, v in real_ids.items()}
+                    case.path_parameters = {**case.path_parameters, **quoted}
                 response = case.call(
                     base_url=server.base_url, session=http, headers=actor.headers, timeout=15
                 )
-                case.validate_response(response, checks=[not_a_server_error])
+                case.validate_response(response, checks=ANSWER_CHECKS)
                 what = f"{case.method} {case.formatted_path} as {role}: {case.body!r:.300}"
                 stored.check(response, what)
 

@@ -17,8 +17,8 @@ from halochat.documents.app_config import (
 )
 from halochat.domain.app_config import replace_config, require_config, update_config
 from halochat.routes.common import json_response, parse_body
-from halochat.routes.openapi_docs import json_body
-from halochat.views import config_view
+from halochat.routes.openapi_docs import BODY, ROLE, answers, errors, json_body
+from halochat.views import ConfigView
 
 bp = Blueprint("admin_config", url_prefix="/v1/admin/config")
 
@@ -60,30 +60,36 @@ class ConfigPatch(ConfigValues):
 
 @bp.get("/")
 @openapi.summary("Read the Control Center configuration (admin)")
+@answers(200, ConfigView, "the configuration")
+@errors(*ROLE)
 @openapi.secured("bearer")
 @authenticated(Role.ADMIN)
 async def read_config(request: Request) -> HTTPResponse:
     config = await require_config(request.app.ctx.services.settings)
-    return json_response(config_view(config))
+    return json_response(ConfigView.of(config).dump())
 
 
 @bp.put("/")
 @openapi.summary("Replace the Control Center configuration, every field required (admin)")
 @json_body(ConfigIn)
+@answers(200, ConfigView, "the new configuration (version + 1)")
+@errors(*ROLE, *BODY)
 @openapi.secured("bearer")
 @authenticated(Role.ADMIN)
 async def write_config(request: Request) -> HTTPResponse:
     values = parse_body(request, ConfigIn)
     config = await replace_config(request.app.ctx.services.settings, values)
-    return json_response(config_view(config))
+    return json_response(ConfigView.of(config).dump())
 
 
 @bp.patch("/")
 @openapi.summary("Change some Control Center settings; the others stay as they are (admin)")
 @json_body(ConfigPatch)
+@answers(200, ConfigView, "the new configuration (version + 1)")
+@errors(*ROLE, *BODY)
 @openapi.secured("bearer")
 @authenticated(Role.ADMIN)
 async def patch_config(request: Request) -> HTTPResponse:
     changes = parse_body(request, ConfigPatch).model_dump(mode="python", exclude_unset=True)
     config = await update_config(request.app.ctx.services.settings, changes)
-    return json_response(config_view(config))
+    return json_response(ConfigView.of(config).dump())

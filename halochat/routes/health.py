@@ -13,6 +13,8 @@ from sanic_ext import openapi
 from halochat.constants import ErrorCode
 from halochat.db.connect import ping
 from halochat.routes.common import json_response
+from halochat.routes.openapi_docs import answers, errors
+from halochat.views import HealthChecks, Liveness, Load, Readiness
 
 bp = Blueprint("health")
 
@@ -38,10 +40,12 @@ def liveness_checks(ctx: Any) -> dict[str, str]:
     "`service_unavailable` with `details.checks` naming what is `down` (e.g. the embedded "
     "database child died and is being restarted). Does not touch the database: /readyz does."
 )
+@answers(200, Liveness, "every part runs")
+@errors(ErrorCode.UNAVAILABLE)
 async def healthz(request: Request) -> HTTPResponse:
     checks = liveness_checks(request.app.ctx)
     if DOWN not in checks.values():
-        return json_response({"status": "ok", "checks": checks})
+        return json_response(Liveness(status="ok", checks=HealthChecks(**checks)).dump())
     down = ", ".join(name for name, state in checks.items() if state == DOWN)
     return json_response(
         {
@@ -61,9 +65,11 @@ async def healthz(request: Request) -> HTTPResponse:
     "200 when a ping reaches the database within HALOCHAT_DB_TIMEOUT_SECONDS; else 503 "
     "`service_unavailable`."
 )
+@answers(200, Readiness, "the database answers")
+@errors(ErrorCode.UNAVAILABLE)
 async def readyz(request: Request) -> HTTPResponse:
     if await ping(request.app.ctx.services.client):
-        return json_response({"status": "ready", "database": "ok"})
+        return json_response(Readiness(status="ready", database="ok").dump())
     return json_response(
         {"error": {"code": ErrorCode.UNAVAILABLE.value, "message": "database unreachable"}},
         status=503,
@@ -72,20 +78,20 @@ async def readyz(request: Request) -> HTTPResponse:
 
 @bp.get("/loadz")
 @openapi.summary("Load: open sockets, bytes queued for them, messages waiting for the store")
+@answers(200, Load, "the counts now")
 async def loadz(request: Request) -> HTTPResponse:
     services = request.app.ctx.services
     writer = services.message_writer
-    return json_response(
-        {
-            "sockets": services.hub.socket_count,
-            "queued_bytes": services.hub.queued_bytes(),
-            "store_inflight": writer.inflight,
-            "store_inflight_bytes": writer.inflight_bytes,
-            # Cluster mode: the NATS bus link (docs/scaling.md); single mode: not_used.
-            "bus": NOT_USED
-            if services.cluster is None
-            else "connected"
-            if services.cluster.connected
-            else "disconnected",
-        }
+    load = Load(
+        sockets=services.hub.socket_count,
+        queued_bytes=services.hub.queued_bytes(),
+        store_inflight=writer.inflight,
+        store_inflight_bytes=writer.inflight_bytes,
+        # Cluster mode: the NATS bus link (docs/scaling.md); single mode: not_used.
+        bus=NOT_USED
+        if services.cluster is None
+        else "connected"
+        if services.cluster.connected
+        else "disconnected",
     )
+    return json_response(load.dump())

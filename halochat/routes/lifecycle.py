@@ -13,10 +13,19 @@ from halochat.constants import ErrorCode, Role
 from halochat.domain import closing, extension, pairing
 from halochat.inputs import Line, Text
 from halochat.routes.common import json_response, object_id, parse_body
-from halochat.routes.openapi_docs import json_body
-from halochat.views import session_view
+from halochat.routes.openapi_docs import BODY, ROLE, WRITE, answers, errors, json_body
+from halochat.views import (
+    ExtensionAnswered,
+    ExtensionRequested,
+    ExtensionView,
+    SessionEnvelope,
+    SessionView,
+    TransactionView,
+)
 
 bp = Blueprint("lifecycle", url_prefix="/v1/sessions")
+
+SESSION_NOT_FOUND = ErrorCode.SESSION_NOT_FOUND
 
 PARTIES = (Role.CUSTOMER, Role.MITRA)
 
@@ -48,6 +57,8 @@ def _sid(value: str) -> PydanticObjectId:
 @bp.post("/<session_id:str>/extension")
 @openapi.summary("Ask to extend an EXPIRED session with a tier (customer)")
 @json_body(ExtensionIn)
+@answers(200, ExtensionRequested, "the session (EXTENSION_PENDING) and the request")
+@errors(*ROLE, *BODY, SESSION_NOT_FOUND, ErrorCode.TIER_NOT_FOUND, ErrorCode.INVALID_STATE)
 @openapi.secured("bearer")
 @authenticated(*PARTIES)
 async def request_extension(request: Request, session_id: str) -> HTTPResponse:
@@ -56,17 +67,24 @@ async def request_extension(request: Request, session_id: str) -> HTTPResponse:
         request.app.ctx.services, request.ctx.user, _sid(session_id), body.tier_id
     )
     assert session.extension is not None
-    return json_response(
-        {
-            "session": session_view(session, Role.CUSTOMER),
-            "extension": session.extension.model_dump(mode="json"),
-        }
+    answer = ExtensionRequested(
+        session=SessionView.of(session, Role.CUSTOMER),
+        extension=ExtensionView.model_validate(session.extension.model_dump(mode="json")),
     )
+    return json_response(answer.dump())
 
 
 @bp.post("/<session_id:str>/extension/answer")
 @openapi.summary("Accept or reject the pending extension request (Mitra)")
 @json_body(ExtensionAnswerIn)
+@answers(200, ExtensionAnswered, "the session; accepted: ACTIVE again, with its transaction")
+@errors(
+    *ROLE,
+    *BODY,
+    SESSION_NOT_FOUND,
+    ErrorCode.INVALID_STATE,
+    ErrorCode.ALREADY_RESOLVED,
+)
 @openapi.secured("bearer")
 @authenticated(*PARTIES)
 async def answer_extension(request: Request, session_id: str) -> HTTPResponse:
@@ -74,36 +92,44 @@ async def answer_extension(request: Request, session_id: str) -> HTTPResponse:
     session, txn = await extension.answer_extension(
         request.app.ctx.services, request.ctx.user, _sid(session_id), body.extension_id, body.accept
     )
-    result: dict[str, object] = {"session": session_view(session, Role.MITRA)}
+    answer = ExtensionAnswered(session=SessionView.of(session, Role.MITRA))
     if txn is not None:
-        result["transaction"] = pairing.transaction_view(txn)
-    return json_response(result)
+        answer.transaction = TransactionView.model_validate(pairing.transaction_view(txn))
+    return json_response(answer.dump())
 
 
 @bp.post("/<session_id:str>/extension/decline")
 @openapi.summary("Do not extend an EXPIRED session: it moves to CLOSING (customer)")
+@answers(200, SessionEnvelope, "the session, CLOSING")
+@errors(*ROLE, *WRITE, SESSION_NOT_FOUND, ErrorCode.INVALID_STATE)
 @openapi.secured("bearer")
 @authenticated(*PARTIES)
 async def decline_extension(request: Request, session_id: str) -> HTTPResponse:
     session = await extension.decline_extension(
         request.app.ctx.services, request.ctx.user, _sid(session_id)
     )
-    return json_response({"session": session_view(session, Role.CUSTOMER)})
+    return json_response(SessionEnvelope(session=SessionView.of(session, Role.CUSTOMER)).dump())
 
 
 @bp.post("/<session_id:str>/end")
 @openapi.summary("End an ACTIVE session early: it moves to CLOSING (either party)")
+@answers(200, SessionEnvelope, "the session, CLOSING")
+@errors(*ROLE, *WRITE, SESSION_NOT_FOUND, ErrorCode.INVALID_STATE)
 @openapi.secured("bearer")
 @authenticated(*PARTIES)
 async def end_session(request: Request, session_id: str) -> HTTPResponse:
     user = request.ctx.user
     session = await closing.end_early(request.app.ctx.services, user, _sid(session_id))
-    return json_response({"session": session_view(session, session.role_of(user.id))})
+    return json_response(
+        SessionEnvelope(session=SessionView.of(session, session.role_of(user.id))).dump()
+    )
 
 
 @bp.post("/<session_id:str>/closure")
 @openapi.summary("Write this party's closing message (once, in CLOSING)")
 @json_body(ClosureIn)
+@answers(200, SessionEnvelope, "the session; COMPLETED once both parties wrote theirs")
+@errors(*ROLE, *BODY, SESSION_NOT_FOUND, ErrorCode.INVALID_STATE, ErrorCode.ALREADY_SUBMITTED)
 @openapi.secured("bearer")
 @authenticated(*PARTIES)
 async def submit_closure(request: Request, session_id: str) -> HTTPResponse:
@@ -112,4 +138,6 @@ async def submit_closure(request: Request, session_id: str) -> HTTPResponse:
     session = await closing.submit_closure(
         request.app.ctx.services, user, _sid(session_id), body.text
     )
-    return json_response({"session": session_view(session, session.role_of(user.id))})
+    return json_response(
+        SessionEnvelope(session=SessionView.of(session, session.role_of(user.id))).dump()
+    )

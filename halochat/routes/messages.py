@@ -14,8 +14,8 @@ from halochat.domain import messaging
 from halochat.domain.messaging import Sender
 from halochat.inputs import INT64_MAX, Line, Text
 from halochat.routes.common import json_response, object_id, parse_body, parse_query
-from halochat.routes.openapi_docs import json_body
-from halochat.views import message_view
+from halochat.routes.openapi_docs import BODY, ROLE, answers, errors, json_body
+from halochat.views import MessagePage, MessageSent, MessageView, ReceiptAnswer
 
 bp = Blueprint("messages", url_prefix="/v1/sessions")
 
@@ -70,6 +70,8 @@ def _session_id(value: str) -> PydanticObjectId:
     openapi.Integer(minimum=1, maximum=DEFAULT_MAX_LIMIT),
     description="default 50; at most HALOCHAT_HISTORY_MAX_LIMIT (200): more is a 422",
 )
+@answers(200, MessagePage, "the messages, oldest first")
+@errors(*ROLE, ErrorCode.VALIDATION_ERROR, ErrorCode.SESSION_NOT_FOUND)
 @openapi.secured("bearer")
 @authenticated(Role.CUSTOMER, Role.MITRA)
 async def list_messages(request: Request, session_id: str) -> HTTPResponse:
@@ -83,14 +85,23 @@ async def list_messages(request: Request, session_id: str) -> HTTPResponse:
         before_seq=query.before_seq,
         limit=limit,
     )
-    return json_response(
-        {"messages": [message_view(m, session) for m in messages], "has_more": has_more}
-    )
+    page = MessagePage(messages=[MessageView.of(m, session) for m in messages], has_more=has_more)
+    return json_response(page.dump())
 
 
 @bp.post("/<session_id:str>/messages")
 @openapi.summary("Send a message (same rules as the WebSocket message.send)")
 @json_body(MessageIn)
+@answers(201, MessageSent, "stored now")
+@answers(200, MessageSent, "already stored under this client_msg_id (replayed: true)")
+@errors(
+    *ROLE,
+    *BODY,
+    ErrorCode.SESSION_NOT_FOUND,
+    ErrorCode.INVALID_STATE,
+    ErrorCode.DUPLICATE,
+    ErrorCode.OVERLOADED,
+)
 @openapi.secured("bearer")
 @authenticated(Role.CUSTOMER, Role.MITRA)
 async def send_message(request: Request, session_id: str) -> HTTPResponse:
@@ -102,15 +113,15 @@ async def send_message(request: Request, session_id: str) -> HTTPResponse:
         body.client_msg_id,
         body.body,
     )
-    return json_response(
-        {"message": message_view(result.message), "replayed": result.replayed},
-        status=200 if result.replayed else 201,
-    )
+    sent = MessageSent(message=MessageView.of(result.message), replayed=result.replayed)
+    return json_response(sent.dump(), status=200 if result.replayed else 201)
 
 
 @bp.post("/<session_id:str>/receipts")
 @openapi.summary("Move this party's delivered/read watermark forward")
 @json_body(ReceiptIn)
+@answers(200, ReceiptAnswer, "this party's watermarks now")
+@errors(*ROLE, *BODY, ErrorCode.SESSION_NOT_FOUND, ErrorCode.INVALID_STATE)
 @openapi.secured("bearer")
 @authenticated(Role.CUSTOMER, Role.MITRA)
 async def post_receipt(request: Request, session_id: str) -> HTTPResponse:
@@ -122,4 +133,4 @@ async def post_receipt(request: Request, session_id: str) -> HTTPResponse:
         body.kind,
         body.seq,
     )
-    return json_response({"receipt": data})
+    return json_response(ReceiptAnswer.model_validate({"receipt": data}).dump())

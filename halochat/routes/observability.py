@@ -13,6 +13,8 @@ from halochat.domain.access import session_not_found
 from halochat.errors import ApiError
 from halochat.observability import metrics, timeline
 from halochat.routes.common import json_response
+from halochat.routes.openapi_docs import ROLE, answers, errors
+from halochat.views import SessionTimeline
 
 bp = Blueprint("observability")
 
@@ -40,6 +42,8 @@ def _session_id(value: str) -> PydanticObjectId:
 
 @bp.get("/v1/admin/sessions/<session_id:str>/timeline")
 @openapi.summary("A session's timeline for support, oldest first (admin; docs/support.md)")
+@answers(200, SessionTimeline, "the events, oldest first")
+@errors(*ROLE, ErrorCode.VALIDATION_ERROR, ErrorCode.SESSION_NOT_FOUND)
 @openapi.secured("bearer")
 @authenticated(Role.ADMIN)
 async def session_timeline(request: Request, session_id: str) -> HTTPResponse:
@@ -48,4 +52,5 @@ async def session_timeline(request: Request, session_id: str) -> HTTPResponse:
     if exists is None:
         raise session_not_found()
     events = await timeline.session_timeline(sid)
-    return json_response({"session_id": str(sid), "events": events})
+    answer = SessionTimeline.model_validate({"session_id": str(sid), "events": events})
+    return json_response(answer.dump())
