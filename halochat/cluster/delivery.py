@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 PRESENCE_WAIT_SECONDS = 0.5  # how long a push waits for a "seen in the foreground" answer
 GAP_WAIT_SECONDS = 0.5  # how long a socket holds frames behind a missing seq before a read
 # A seq whose message is still missing after this long is skipped (> TAKEN_SEQ_WAIT_SECONDS
-# of halochat/domain/messaging/seq.py: a taken seq is stored within it, or never).
+# of halochat/domain/messaging/taken_seq.py: a taken seq is stored within it, or never).
 HOLE_GIVE_UP_SECONDS = 40.0
 MAX_HELD_FRAMES = 1000  # per socket: a socket further behind is dropped (it resyncs)
 OUTBOX_MAX = 20_000  # publications waiting for the bus; past it they are dropped (logged)

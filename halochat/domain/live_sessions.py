@@ -62,7 +62,7 @@ class LiveSession:
 
 _live: dict[PydanticObjectId, LiveSession] = {}
 # False in cluster mode (set at start-up): no process may keep a session's counter, the
-# stored last_seq is the counter (halochat/domain/messaging/seq.py, "cluster mode").
+# stored last_seq is the counter (halochat/domain/messaging/taken_seq.py).
 enabled = True
 
 

@@ -31,7 +31,8 @@ from halochat.domain.messaging.common import (
     overloaded,
     why_refused,
 )
-from halochat.domain.messaging.seq import insert_next, retried, stored_message, take_seq
+from halochat.domain.messaging.seq import insert_next, retried, stored_message
+from halochat.domain.messaging.taken_seq import insert_taken_seq, take_seq
 from halochat.errors import ApiError
 from halochat.notify.events import MessageStored, Origin
 from halochat.push import Push
@@ -105,7 +106,7 @@ async def _store_and_publish(services: Services, out: Outgoing) -> SendResult:
 
 async def _store_and_publish_locked(services: Services, out: Outgoing) -> SendResult:
     who, session_id = out.who, out.session_id
-    if services.settings.nats_url:  # cluster mode: the seq from the database (seq.py)
+    if services.settings.nats_url:  # cluster mode: the seq from the database (taken_seq.py)
         if asyncio.get_running_loop().time() >= out.deadline:  # shed before a seq is taken
             raise overloaded()
         taken = await take_seq(who, session_id, out.client_msg_id)
@@ -122,7 +123,10 @@ async def _store_and_publish_locked(services: Services, out: Outgoing) -> SendRe
     # (Cluster mode: the seq was taken before ends_at, by the database's filter.)
     if not services.settings.nats_url and live.time_up(utcnow()):
         raise time_up(live)
-    message = await insert_next(services, live, out)
+    if services.settings.nats_url:  # cluster mode: live.last_seq is the seq taken
+        message = await insert_taken_seq(services, live, out)
+    else:
+        message = await insert_next(services, live, out)
     if isinstance(message, SendResult):
         return message
     sender_name = live.party_name(who.role)
