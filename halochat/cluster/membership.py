@@ -41,6 +41,7 @@ from pymongo.errors import DuplicateKeyError
 from halochat.config import Settings
 from halochat.documents.common import utcnow
 from halochat.documents.process import LEASE_ID, DatabaseLease, ProcessMember, ProcessMode
+from halochat.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +57,6 @@ class StartRefused(Exception):
     """Raised by the start hook; halochat.server logs the message and exits REFUSED."""
 
     exit_code = ExitCode.REFUSED
-
-
-def pid_alive(pid: int) -> bool:
-    """True when `pid` runs on this machine (a zombie, killed but not yet reaped, is dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        # /proc/<pid>/stat: "pid (comm) S ...", comm may contain spaces.
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
 
 
 def pid_space() -> str:

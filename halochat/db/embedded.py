@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 
 from pymongo import MongoClient
 
+from halochat.processes import pid_alive
+
 STATE_FILE = "server.json"
 LOCK_FILE = "owner.lock"
 DB_FILE = "halochat.sqlite3"
@@ -64,16 +66,6 @@ def _ping(uri: str, timeout_ms: int = 1000) -> bool:
         return False
     finally:
         client.close()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class EmbeddedMongo:
@@ -136,7 +128,7 @@ class EmbeddedMongo:
         except (FileNotFoundError, ValueError):
             return None
         uri, pid = state.get("uri"), int(state.get("pid", 0))
-        if not uri or not _pid_alive(pid):
+        if not uri or not pid_alive(pid):
             return None
         return (uri, pid) if _ping(uri) else None
 
@@ -178,7 +170,7 @@ class EmbeddedMongo:
             pid = int(json.loads(self.state_path.read_text()).get("pid", 0))
         except (FileNotFoundError, ValueError, AttributeError):
             return None
-        if pid <= 0 or not _pid_alive(pid):
+        if pid <= 0 or not pid_alive(pid):
             return None
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -194,14 +186,14 @@ class EmbeddedMongo:
         if (pid := self._orphan_pid()) is None:
             return
         deadline = time.monotonic() + ORPHAN_EXIT_TIMEOUT
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _pid_alive(pid):
+        if pid_alive(pid):
             log.warning("embedded database pid %s outlived its owner; stopping it", pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + ORPHAN_EXIT_TIMEOUT
-            while _pid_alive(pid) and time.monotonic() < deadline:
+            while pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
 
     def start(self) -> str:
