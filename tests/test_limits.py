@@ -332,6 +332,40 @@ async def test_overload_sheds_and_every_send_is_answered(limited: ServerProcess)
     assert (await load(server))["store_inflight"] == 0
 
 
+async def test_overload_sheds_at_admission(limited: ServerProcess) -> None:
+    """A burst of sends on one socket while the bound (1 here: HALOCHAT_STORE_MAX_INFLIGHT)
+    is taken: the excess is refused `overloaded` as it is read, without waiting behind the
+    admitted send (a refusal reaches the client before that send's ack), the admitted ones
+    are acked and stored, the refused ones are not, and nothing stays counted as pending."""
+    server = limited
+    customer, mitra = make_pair(server, "-admit")
+    sid = (await open_active_session(server, customer, mitra))["id"]
+    burst = 20
+    async with sockets(server, customer) as (ws,):
+        # Back to back: the server reads the burst while the first send is being stored.
+        for i in range(burst):
+            body = {"session_id": sid, "client_msg_id": f"s{i}", "body": f"m{i}"}
+            await ws.send({"type": "message.send", "id": f"s{i}", "data": body})
+        answers = await _answers(ws, burst)
+        order = [a["type"] for a in answers.values()]  # in arrival order
+        acked = {k for k, a in answers.items() if a["type"] == "ack"}
+        refused = [a for a in answers.values() if a["type"] == "error"]
+        assert acked and refused, order
+        for a in refused:
+            assert a["error"]["code"] == "overloaded", a
+            assert a["error"]["details"] == {"retry_after": 1}
+        assert order.index("error") < order.index("ack"), order
+        stored = await full_history(server, customer, sid)
+        assert {m["client_msg_id"] for m in stored} == acked
+    state = await wait_until(lambda: _settled(server), timeout=30)
+    assert state, await load(server)
+
+
+async def _settled(server: ServerProcess) -> bool:
+    now = await load(server)
+    return now["sends_pending"] == 0 and now["store_inflight"] == 0
+
+
 async def _answers(ws: WsClient, count: int) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     async with asyncio.timeout(60):
