@@ -13,7 +13,7 @@ from halochat.notify.local import LocalDelivery
 from halochat.notify.notifier import Notifier
 from halochat.push import PushService
 from halochat.rate_limits import RateLimits
-from halochat.ws.admission import ADMIT_TARGET_FRACTION, SendAdmission
+from halochat.ws.admission import SendAdmission
 from halochat.ws.hub import Hub
 
 
@@ -45,6 +45,6 @@ class Services:
         self.message_writer.max_inflight_bytes = self.settings.store_max_inflight_bytes
         self.message_writer.target_seconds = self.settings.store_wait_seconds / 2
         self.send_admission = SendAdmission(
-            self.settings.store_wait_seconds * ADMIT_TARGET_FRACTION,
+            self.settings.send_admit_seconds,
             self.settings.store_max_inflight,
         )

@@ -16,6 +16,8 @@ from bson import ObjectId
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from halochat.domain.messaging.common import overloaded
+from halochat.ws.admission import SendAdmission
 from tests.conftest import ServerFactory
 from tests.support.clients import WsClient, api, sockets
 from tests.support.flows import full_history, make_pair, open_active_session
@@ -359,6 +361,22 @@ async def test_overload_sheds_at_admission(limited: ServerProcess) -> None:
         assert {m["client_msg_id"] for m in stored} == acked
     state = await wait_until(lambda: _settled(server), timeout=30)
     assert state, await load(server)
+
+
+def test_admission_bound_and_socket_share() -> None:
+    """The bound's bookkeeping: room for `limit` sends, a quarter of it per socket, and the
+    refusal frame is the same `overloaded` error a late refusal carries."""
+    admission = SendAdmission(target_seconds=0.05, max_limit=64)
+    assert [admission.admit(n) for n in range(16)] == [True] * 16
+    assert not admission.admit(16), "one socket holds at most a quarter of the bound"
+    while admission.pending < 64:
+        assert admission.admit(0)
+    assert not admission.admit(0)
+    admission.answered()
+    assert admission.admit(0)
+    frame = json.loads(admission.refusal("f1"))
+    assert frame == {"type": "error", "id": "f1", "error": overloaded().to_dict()}
+    assert json.loads(admission.refusal(None))["id"] is None
 
 
 async def _settled(server: ServerProcess) -> bool:

@@ -21,11 +21,10 @@ import orjson
 from halochat.constants import ErrorCode, ServerFrame
 from halochat.observability import metrics
 
-# The target answer time of an admitted send, as a fraction of HALOCHAT_STORE_WAIT_SECONDS
-# (0.05 s by default): short enough that the accepted ones stay well within their deadline.
-ADMIT_TARGET_FRACTION = 0.1
 INTERVAL = 0.1  # seconds between limit updates
 MIN_LIMIT = 16  # sends always let in (an idle server measures no rate)
+SOCKET_SHARE = 4  # one socket may hold at most limit / SOCKET_SHARE sends under way
+SOCKET_MIN = 4  # but always at least this many
 RATE_WEIGHT = 0.3  # EWMA weight of the newest interval's answer rate
 OVERLOADED_ERROR = {
     "code": ErrorCode.OVERLOADED.value,
@@ -66,10 +65,14 @@ class SendAdmission:
         self._answered = 0
         self._window_start = now
 
-    def admit(self) -> bool:
-        """True (counted as pending) when one more send may be taken on now."""
+    def admit(self, socket_pending: int) -> bool:
+        """True (counted as pending) when one more send may be taken on now; a socket that
+        already has `socket_pending` sends under way gets at most a share of the bound, so
+        one flooding socket cannot take it all from the others."""
         self._update(time.monotonic())
         if self.pending >= self.limit:
+            return False
+        if socket_pending and socket_pending >= max(SOCKET_MIN, self.limit // SOCKET_SHARE):
             return False
         self.pending += 1
         return True

@@ -199,6 +199,7 @@ async def _work(
     conn: Connection,
     inbox: "asyncio.Queue[InboxEntry | None]",
     inbox_bytes: list[int],
+    own_sends: list[int],
 ) -> None:
     while (entry := await inbox.get()) is not None:
         item, size, arrived, admitted = entry
@@ -207,6 +208,7 @@ async def _work(
             await _handle(services, conn, item, arrived)
         finally:
             if admitted:
+                own_sends[0] -= 1
                 services.send_admission.answered()
 
 
@@ -308,8 +310,9 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
     admission = services.send_admission
     loop = asyncio.get_running_loop()
     inbox_bytes = [0]  # raw size of the frames in the inbox (bounded like their number)
+    own_sends = [0]  # this socket's admitted sends not yet answered (its share of the bound)
     worker = asyncio.create_task(
-        _work(services, conn, inbox, inbox_bytes), name=f"ws-worker-{user.id}"
+        _work(services, conn, inbox, inbox_bytes, own_sends), name=f"ws-worker-{user.id}"
     )
     _workers.add(worker)  # a strong reference until it ends (asyncio keeps only weak ones)
     worker.add_done_callback(_workers.discard)
@@ -328,10 +331,11 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
                 if raw.get("type") == SEND_TYPE:
                     # Shed at admission: refused now, before any other work, when the
                     # sends under way already fill what the server answers in time.
-                    if not admission.admit():
+                    if not admission.admit(own_sends[0]):
                         conn.send_encoded(admission.refusal(_readable_id(raw)))
                         continue
                     admitted = True
+                    own_sends[0] += 1
                 item = _validate(raw)
             except FrameError as err:
                 item = error_frame(err, err.frame_id)
@@ -345,6 +349,7 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
                 inbox.put_nowait((item, size, loop.time(), admitted))
             except asyncio.QueueFull:
                 if admitted:
+                    own_sends[0] -= 1
                     admission.answered(dropped=True)
                 metrics.RATE_LIMITED.labels(metrics.LIMIT_WS_INBOX).inc()
                 frame_id = item.id if isinstance(item, ClientEnvelope) else None
@@ -357,6 +362,7 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
         # them; client_msg_id keeps a retried send single); the frame in hand completes.
         while not inbox.empty():
             if (entry := inbox.get_nowait()) is not None and entry[3]:
+                own_sends[0] -= 1
                 admission.answered(dropped=True)
         inbox.put_nowait(None)
         log.info("disconnected: user %s", user.id)
