@@ -372,8 +372,23 @@ def test_admission_bound_and_socket_share() -> None:
     while admission.pending < 64:
         assert admission.admit(0)
     assert not admission.admit(0)
-    admission.answered()
+    admission.answered(0.01)
     assert admission.admit(0)
+    # The bound follows the answers: slow ones shrink it to rate x target, quick ones let it
+    # grow, an idle process opens it fully.
+    admission = SendAdmission(target_seconds=0.05, max_limit=512)
+    start = time.monotonic()
+    for _ in range(200):
+        assert admission.admit(0)
+        admission.answered(0.2)  # four times the target
+    admission.adjust(start + 0.5)  # 200 answers in 0.5 s: 400/s x 0.05 s
+    assert 18 <= admission.limit <= 20
+    assert admission.admit(0)
+    admission.answered(0.01)
+    admission.adjust(start + 0.7)
+    assert admission.limit > 18
+    admission.adjust(start + 0.9)  # nothing under way, nothing answered
+    assert admission.limit == 512
     frame = json.loads(admission.refusal("f1"))
     assert frame == {"type": "error", "id": "f1", "error": overloaded().to_dict()}
     assert json.loads(admission.refusal(None))["id"] is None

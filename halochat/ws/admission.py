@@ -7,11 +7,11 @@ measured). Here a send is refused the moment it is read when the process already
 sends under way (read, not yet answered) as it can answer within the target time; the
 refusal is one pre-encoded frame and no other work.
 
-The bound follows Little's law: limit = answered sends per second x target seconds. When the
-answers take longer than the target the measured rate stays while the target shrinks the
-limit relative to the queue, so fewer get in; when they are quick the limit grows (at most
-doubling per interval). At the bound the sends that are under way are answered within about
-the target, and every other send gets `overloaded` at once.
+The bound adapts every 0.1 s. While admitted sends are answered within the target time
+(mean, from arrival) it grows by an eighth; when they take longer it becomes Little's law at
+the target: answered sends per second x target seconds, so the sends under way are answered
+within about the target and every other send gets `overloaded` at once. An idle process
+resets it to the maximum, so an app's burst (its offline queue) is not refused for nothing.
 """
 
 import time
@@ -40,7 +40,8 @@ class SendAdmission:
         self.pending = 0  # sends read and admitted, not yet answered
         self.limit = max_limit  # until the first measurement
         self._rate: float | None = None
-        self._answered = 0
+        self._answered = 0  # in this interval, and their total answer time
+        self._answer_seconds = 0.0
         self._window_start = time.monotonic()
         # The same error as a send refused later (messaging/common.py overloaded()).
         body = orjson.dumps(OVERLOADED_ERROR).decode()
@@ -49,27 +50,35 @@ class SendAdmission:
         self._refused = metrics.WS_REFUSED_FRAMES.labels(ErrorCode.OVERLOADED.value)
         self._limited = metrics.RATE_LIMITED.labels(metrics.LIMIT_STORE_OVERLOADED)
 
-    def _update(self, now: float) -> None:
+    def adjust(self, now: float) -> None:
+        """Re-computes the bound once per interval (`now`: time.monotonic())."""
         elapsed = now - self._window_start
         if elapsed < INTERVAL:
             return
-        sample = self._answered / elapsed
-        self._rate = (
-            sample
-            if self._rate is None
-            else (RATE_WEIGHT * sample + (1 - RATE_WEIGHT) * self._rate)
-        )
-        wanted = max(MIN_LIMIT, int(self._rate * self.target_seconds))
-        # Grow at most 2x per interval: a burst after an idle spell is let in gradually.
-        self.limit = min(self.max_limit, wanted, max(MIN_LIMIT, 2 * self.limit))
+        if self._answered:
+            sample = self._answered / elapsed
+            self._rate = (
+                sample
+                if self._rate is None
+                else (RATE_WEIGHT * sample + (1 - RATE_WEIGHT) * self._rate)
+            )
+            if self._answer_seconds / self._answered > self.target_seconds:
+                # Answers slower than the target: Little's law at the target.
+                wanted = int(self._rate * self.target_seconds)
+                self.limit = max(MIN_LIMIT, min(self.limit, wanted))
+            else:  # quick: room for more, gradually
+                self.limit = min(self.max_limit, self.limit + max(1, self.limit // 8))
+        elif self.pending == 0:  # idle: a burst (an app's offline queue) may come in whole
+            self.limit = self.max_limit
         self._answered = 0
+        self._answer_seconds = 0.0
         self._window_start = now
 
     def admit(self, socket_pending: int) -> bool:
         """True (counted as pending) when one more send may be taken on now; a socket that
         already has `socket_pending` sends under way gets at most a share of the bound, so
         one flooding socket cannot take it all from the others."""
-        self._update(time.monotonic())
+        self.adjust(time.monotonic())
         if self.pending >= self.limit:
             return False
         if socket_pending and socket_pending >= max(SOCKET_MIN, self.limit // SOCKET_SHARE):
@@ -77,11 +86,13 @@ class SendAdmission:
         self.pending += 1
         return True
 
-    def answered(self, *, dropped: bool = False) -> None:
-        """An admitted send got its answer, or was dropped unanswered with its socket."""
+    def answered(self, seconds: float | None = None) -> None:
+        """An admitted send got its answer `seconds` after it arrived, or (None) was dropped
+        unanswered with its socket."""
         self.pending -= 1
-        if not dropped:
+        if seconds is not None:
             self._answered += 1
+            self._answer_seconds += seconds
 
     def refusal(self, frame_id: str | None) -> str:
         """The encoded `overloaded` error frame for a send refused at admission."""

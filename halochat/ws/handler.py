@@ -201,6 +201,7 @@ async def _work(
     inbox_bytes: list[int],
     own_sends: list[int],
 ) -> None:
+    loop = asyncio.get_running_loop()
     while (entry := await inbox.get()) is not None:
         item, size, arrived, admitted = entry
         inbox_bytes[0] -= size
@@ -209,7 +210,7 @@ async def _work(
         finally:
             if admitted:
                 own_sends[0] -= 1
-                services.send_admission.answered()
+                services.send_admission.answered(loop.time() - arrived)
 
 
 async def _handle(
@@ -350,7 +351,7 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
             except asyncio.QueueFull:
                 if admitted:
                     own_sends[0] -= 1
-                    admission.answered(dropped=True)
+                    admission.answered(None)
                 metrics.RATE_LIMITED.labels(metrics.LIMIT_WS_INBOX).inc()
                 frame_id = item.id if isinstance(item, ClientEnvelope) else None
                 conn.send(error_frame(_too_many(), frame_id))
@@ -363,7 +364,7 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
         while not inbox.empty():
             if (entry := inbox.get_nowait()) is not None and entry[3]:
                 own_sends[0] -= 1
-                admission.answered(dropped=True)
+                admission.answered(None)
         inbox.put_nowait(None)
         log.info("disconnected: user %s", user.id)
         await services.hub.remove(conn)
