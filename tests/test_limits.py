@@ -389,6 +389,11 @@ def test_admission_bound_and_socket_share() -> None:
     assert admission.limit > 18
     admission.adjust(start + 0.9)  # nothing under way, nothing answered
     assert admission.limit == 512
+    tiny = SendAdmission(target_seconds=0.05, max_limit=1)  # HALOCHAT_STORE_MAX_INFLIGHT=1
+    assert tiny.admit(0)
+    tiny.answered(1.0)
+    tiny.adjust(time.monotonic() + 1)
+    assert tiny.limit == 1
     frame = json.loads(admission.refusal("f1"))
     assert frame == {"type": "error", "id": "f1", "error": overloaded().to_dict()}
     assert json.loads(admission.refusal(None))["id"] is None

@@ -22,7 +22,7 @@ from halochat.constants import ErrorCode, ServerFrame
 from halochat.observability import metrics
 
 INTERVAL = 0.1  # seconds between limit updates
-MIN_LIMIT = 16  # sends always let in (an idle server measures no rate)
+MIN_LIMIT = 16  # the bound never goes below this (unless the maximum is lower)
 SOCKET_SHARE = 4  # one socket may hold at most limit / SOCKET_SHARE sends under way
 SOCKET_MIN = 4  # but always at least this many
 RATE_WEIGHT = 0.3  # EWMA weight of the newest interval's answer rate
@@ -65,7 +65,7 @@ class SendAdmission:
             if self._answer_seconds / self._answered > self.target_seconds:
                 # Answers slower than the target: Little's law at the target.
                 wanted = int(self._rate * self.target_seconds)
-                self.limit = max(MIN_LIMIT, min(self.limit, wanted))
+                self.limit = min(self.max_limit, max(MIN_LIMIT, min(self.limit, wanted)))
             else:  # quick: room for more, gradually
                 self.limit = min(self.max_limit, self.limit + max(1, self.limit // 8))
         elif self.pending == 0:  # idle: a burst (an app's offline queue) may come in whole
