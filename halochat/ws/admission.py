@@ -23,7 +23,7 @@ from halochat.observability import metrics
 
 INTERVAL = 0.1  # seconds between limit updates
 MIN_LIMIT = 16  # the bound never goes below this (unless the maximum is lower)
-SOCKET_SHARE = 4  # one socket may hold at most limit / SOCKET_SHARE sends under way
+SOCKET_SHARE = 4  # under overload one socket holds at most limit / SOCKET_SHARE sends
 SOCKET_MIN = 4  # but always at least this many
 RATE_WEIGHT = 0.3  # EWMA weight of the newest interval's answer rate
 OVERLOADED_ERROR = {
@@ -75,13 +75,16 @@ class SendAdmission:
         self._window_start = now
 
     def admit(self, socket_pending: int) -> bool:
-        """True (counted as pending) when one more send may be taken on now; a socket that
-        already has `socket_pending` sends under way gets at most a share of the bound, so
-        one flooding socket cannot take it all from the others."""
+        """True (counted as pending) when one more send may be taken on now. While the bound
+        is shrunk (overload) a socket that already has `socket_pending` sends under way gets
+        at most a share of it, so one flooding socket cannot take it all from the others;
+        otherwise a socket far ahead meets its inbox bound (rate_limited) as before."""
         self.adjust(time.monotonic())
         if self.pending >= self.limit:
             return False
-        if socket_pending and socket_pending >= max(SOCKET_MIN, self.limit // SOCKET_SHARE):
+        if self.limit < self.max_limit and socket_pending >= max(
+            SOCKET_MIN, self.limit // SOCKET_SHARE
+        ):
             return False
         self.pending += 1
         return True
