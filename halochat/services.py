@@ -13,6 +13,7 @@ from halochat.notify.local import LocalDelivery
 from halochat.notify.notifier import Notifier
 from halochat.push import PushService
 from halochat.rate_limits import RateLimits
+from halochat.ws.admission import SendAdmission
 from halochat.ws.hub import Hub
 
 
@@ -28,6 +29,8 @@ class Services:
         default_factory=lambda: InsertBatcher(Message.get_pymongo_collection)
     )
     rate_limits: RateLimits = field(init=False)
+    # WebSocket sends under way, bounded at read time (halochat/ws/admission.py).
+    send_admission: SendAdmission = field(init=False)
     # The one way events leave the domain (halochat/notify): this process's hub and FCM.
     notifier: Notifier = field(init=False)
     # Cluster mode (HALOCHAT_NATS_URL): the ClusterDelivery behind the notifier
@@ -41,3 +44,7 @@ class Services:
         self.message_writer.max_inflight = self.settings.store_max_inflight
         self.message_writer.max_inflight_bytes = self.settings.store_max_inflight_bytes
         self.message_writer.target_seconds = self.settings.store_wait_seconds / 2
+        self.send_admission = SendAdmission(
+            self.settings.send_admit_seconds,
+            self.settings.store_max_inflight,
+        )

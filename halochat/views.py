@@ -517,6 +517,8 @@ class Load(View):
     queued_bytes: int
     store_inflight: int
     store_inflight_bytes: int
+    sends_pending: int  # WebSocket sends read and not yet answered (ws/admission.py)
+    sends_limit: int  # their current bound
     bus: Literal["connected", "disconnected", "not_used"]  # the NATS link (docs/scaling.md)
 
 

@@ -23,6 +23,7 @@ FAST_ENV: dict[str, str] = {
     "HALOCHAT_FREE_TRIAL_COOLDOWN_SECONDS": "0",
     # The shared test machine stalls for seconds: shedding only where a test asks for it.
     "HALOCHAT_STORE_WAIT_SECONDS": "60",
+    "HALOCHAT_SEND_ADMIT_SECONDS": "60",  # (admission at read time: ws/admission.py)
 }
 
 

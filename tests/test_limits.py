@@ -16,6 +16,8 @@ from bson import ObjectId
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from halochat.domain.messaging.common import overloaded
+from halochat.ws.admission import SendAdmission
 from tests.conftest import ServerFactory
 from tests.support.clients import WsClient, api, sockets
 from tests.support.flows import full_history, make_pair, open_active_session
@@ -330,6 +332,74 @@ async def test_overload_sheds_and_every_send_is_answered(limited: ServerProcess)
             assert sorted(ids) == sorted(f"s{i}" for i in range(per_socket))
             assert [m["seq"] for m in stored] == list(range(1, per_socket + 1))
     assert (await load(server))["store_inflight"] == 0
+
+
+async def test_overload_sheds_at_admission(limited: ServerProcess) -> None:
+    """A burst of sends on one socket while the bound (1 here: HALOCHAT_STORE_MAX_INFLIGHT)
+    is taken: the excess is refused `overloaded` as it is read, without waiting behind the
+    admitted send (a refusal reaches the client before that send's ack), the admitted ones
+    are acked and stored, the refused ones are not, and nothing stays counted as pending."""
+    server = limited
+    customer, mitra = make_pair(server, "-admit")
+    sid = (await open_active_session(server, customer, mitra))["id"]
+    burst = 20
+    async with sockets(server, customer) as (ws,):
+        # Back to back: the server reads the burst while the first send is being stored.
+        for i in range(burst):
+            body = {"session_id": sid, "client_msg_id": f"s{i}", "body": f"m{i}"}
+            await ws.send({"type": "message.send", "id": f"s{i}", "data": body})
+        answers = await _answers(ws, burst)
+        order = [a["type"] for a in answers.values()]  # in arrival order
+        acked = {k for k, a in answers.items() if a["type"] == "ack"}
+        refused = [a for a in answers.values() if a["type"] == "error"]
+        assert acked and refused, order
+        for a in refused:
+            assert a["error"]["code"] == "overloaded", a
+            assert a["error"]["details"] == {"retry_after": 1}
+        assert order.index("error") < order.index("ack"), order
+        stored = await full_history(server, customer, sid)
+        assert {m["client_msg_id"] for m in stored} == acked
+    state = await wait_until(lambda: _settled(server), timeout=30)
+    assert state, await load(server)
+
+
+def test_admission_bound_and_socket_share() -> None:
+    """The bound's bookkeeping: room for `limit` sends, a quarter of it per socket while it is
+    shrunk, and the refusal frame is the same `overloaded` error a late refusal carries."""
+    admission = SendAdmission(target_seconds=0.05, max_limit=64)
+    assert [admission.admit(n) for n in range(64)] == [True] * 64  # not shrunk: no share
+    assert not admission.admit(0)
+    admission.answered(0.01)
+    assert admission.admit(0)
+    # The bound follows the answers: slow ones shrink it to rate x target, quick ones let it
+    # grow, an idle process opens it fully.
+    admission = SendAdmission(target_seconds=0.05, max_limit=512)
+    start = time.monotonic()
+    for _ in range(200):
+        assert admission.admit(0)
+        admission.answered(0.2)  # four times the target
+    admission.adjust(start + 0.5)  # 200 answers in 0.5 s: 400/s x 0.05 s
+    assert 18 <= admission.limit <= 20
+    assert not admission.admit(5), "under overload one socket holds a quarter of the bound"
+    assert admission.admit(0)
+    admission.answered(0.01)
+    admission.adjust(start + 0.7)
+    assert admission.limit > 18
+    admission.adjust(start + 0.9)  # nothing under way, nothing answered
+    assert admission.limit == 512
+    tiny = SendAdmission(target_seconds=0.05, max_limit=1)  # HALOCHAT_STORE_MAX_INFLIGHT=1
+    assert tiny.admit(0)
+    tiny.answered(1.0)
+    tiny.adjust(time.monotonic() + 1)
+    assert tiny.limit == 1
+    frame = json.loads(admission.refusal("f1"))
+    assert frame == {"type": "error", "id": "f1", "error": overloaded().to_dict()}
+    assert json.loads(admission.refusal(None))["id"] is None
+
+
+async def _settled(server: ServerProcess) -> bool:
+    now = await load(server)
+    return now["sends_pending"] == 0 and now["store_inflight"] == 0
 
 
 async def _answers(ws: WsClient, count: int) -> dict[str, dict[str, Any]]:

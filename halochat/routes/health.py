@@ -87,6 +87,9 @@ async def loadz(request: Request) -> HTTPResponse:
         queued_bytes=services.hub.queued_bytes(),
         store_inflight=writer.inflight,
         store_inflight_bytes=writer.inflight_bytes,
+        # WebSocket sends read and not yet answered, and their current bound (ws/admission.py).
+        sends_pending=services.send_admission.pending,
+        sends_limit=services.send_admission.limit,
         # Cluster mode: the NATS bus link (docs/scaling.md); single mode: not_used.
         bus=NOT_USED
         if services.cluster is None

@@ -42,6 +42,8 @@ INBOX_SIZE = 256  # frames read but not yet handled, per connection
 INBOX_MAX_BYTES = 256 * 1024  # and their raw size: past either bound -> rate_limited
 READ_STALL_SECONDS = 5.0  # recv() wake-up on an idle socket (drift reset of the read gate)
 
+SEND_TYPE = ClientFrame.SEND.value
+
 _workers: set[asyncio.Task[None]] = set()
 
 
@@ -77,12 +79,19 @@ def frame_bytes(text: str | bytes) -> int:
 
 
 def _parse(services: Services, text: str | bytes, size: int | None = None) -> ClientEnvelope:
+    return _validate(_load(services, text, size))
+
+
+def _load(services: Services, text: str | bytes, size: int | None = None) -> dict[str, Any]:
     limit = services.settings.ws_max_frame_bytes
     if (frame_bytes(text) if size is None else size) > limit:
         raise ApiError(
             413, ErrorCode.PAYLOAD_TOO_LARGE, "frame too large", {"max_bytes": limit}
         )
-    raw = load_object(text, "frame")
+    return load_object(text, "frame")
+
+
+def _validate(raw: dict[str, Any]) -> ClientEnvelope:
     try:
         return ClientEnvelope.model_validate(raw)
     except ValidationError as exc:
@@ -180,35 +189,53 @@ def _too_many() -> ApiError:
     )
 
 
+# An inbox entry: the frame (or the error frame answering an unreadable one), its size, its
+# arrival (event-loop time), and whether it is a send counted by the admission.
+InboxEntry = tuple[ClientEnvelope | dict[str, Any], int, float, bool]
+
+
 async def _work(
     services: Services,
     conn: Connection,
-    inbox: "asyncio.Queue[tuple[ClientEnvelope | dict[str, Any], int, float] | None]",
+    inbox: "asyncio.Queue[InboxEntry | None]",
     inbox_bytes: list[int],
+    own_sends: list[int],
 ) -> None:
+    loop = asyncio.get_running_loop()
     while (entry := await inbox.get()) is not None:
-        item, size, arrived = entry
+        item, size, arrived, admitted = entry
         inbox_bytes[0] -= size
-        if not isinstance(item, ClientEnvelope):  # an error frame for an unreadable frame
-            conn.send(item)
-            continue
-        if conn.closed:  # closed by the server (auth ended): no frame runs after that
-            continue
-        if conn.token_expired():  # its 4401 close is due: nothing runs on an expired token
-            conn.send(error_frame(_token_expired(), item.id))
-            continue
-        received_at.set(arrived)  # a send's answer time counts from its arrival
         try:
-            await _dispatch(services, conn, item)
-        except DuplicateKeyError as exc:  # as over HTTP (halochat/errors.py)
-            conn.send(error_frame(duplicate_key(exc), item.id))
-        except Exception as exc:  # never drop a connection for one bad frame
-            if (unavailable := database_unavailable(exc)) is not None:
-                log.warning("database unavailable (%s): %s", item.type, type(exc).__name__)
-                conn.send(error_frame(unavailable, item.id))
-                continue
-            log.exception("frame handler crashed (%s)", item.type)
-            conn.send(error_frame(ApiError(500, ErrorCode.INTERNAL, "internal error"), item.id))
+            await _handle(services, conn, item, arrived)
+        finally:
+            if admitted:
+                own_sends[0] -= 1
+                services.send_admission.answered(loop.time() - arrived)
+
+
+async def _handle(
+    services: Services, conn: Connection, item: ClientEnvelope | dict[str, Any], arrived: float
+) -> None:
+    if not isinstance(item, ClientEnvelope):  # an error frame for an unreadable frame
+        conn.send(item)
+        return
+    if conn.closed:  # closed by the server (auth ended): no frame runs after that
+        return
+    if conn.token_expired():  # its 4401 close is due: nothing runs on an expired token
+        conn.send(error_frame(_token_expired(), item.id))
+        return
+    received_at.set(arrived)  # a send's answer time counts from its arrival
+    try:
+        await _dispatch(services, conn, item)
+    except DuplicateKeyError as exc:  # as over HTTP (halochat/errors.py)
+        conn.send(error_frame(duplicate_key(exc), item.id))
+    except Exception as exc:  # never drop a connection for one bad frame
+        if (unavailable := database_unavailable(exc)) is not None:
+            log.warning("database unavailable (%s): %s", item.type, type(exc).__name__)
+            conn.send(error_frame(unavailable, item.id))
+            return
+        log.exception("frame handler crashed (%s)", item.type)
+        conn.send(error_frame(ApiError(500, ErrorCode.INTERNAL, "internal error"), item.id))
 
 
 async def _recheck(conn: Connection, identity: Identity) -> None:
@@ -280,13 +307,13 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
     # Frames are read by this task and handled in order by a worker, so that while a handler
     # waits on the database Sanic keeps reading the socket (and its keepalive pongs). A client
     # that runs too far ahead gets rate_limited errors instead of a timed-out connection.
-    inbox: asyncio.Queue[tuple[ClientEnvelope | dict[str, Any], int, float] | None] = asyncio.Queue(
-        INBOX_SIZE
-    )
+    inbox: asyncio.Queue[InboxEntry | None] = asyncio.Queue(INBOX_SIZE)
+    admission = services.send_admission
     loop = asyncio.get_running_loop()
     inbox_bytes = [0]  # raw size of the frames in the inbox (bounded like their number)
+    own_sends = [0]  # this socket's admitted sends not yet answered (its share of the bound)
     worker = asyncio.create_task(
-        _work(services, conn, inbox, inbox_bytes), name=f"ws-worker-{user.id}"
+        _work(services, conn, inbox, inbox_bytes, own_sends), name=f"ws-worker-{user.id}"
     )
     _workers.add(worker)  # a strong reference until it ends (asyncio keeps only weak ones)
     worker.add_done_callback(_workers.discard)
@@ -299,8 +326,18 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
                 break
             item: ClientEnvelope | dict[str, Any]
             size = frame_bytes(text)
+            admitted = False
             try:
-                item = _parse(services, text, size)
+                raw = _load(services, text, size)
+                if raw.get("type") == SEND_TYPE:
+                    # Shed at admission: refused now, before any other work, when the
+                    # sends under way already fill what the server answers in time.
+                    if not admission.admit(own_sends[0]):
+                        conn.send_encoded(admission.refusal(_readable_id(raw)))
+                        continue
+                    admitted = True
+                    own_sends[0] += 1
+                item = _validate(raw)
             except FrameError as err:
                 item = error_frame(err, err.frame_id)
             except ApiError as err:
@@ -310,8 +347,11 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
             try:
                 if inbox_bytes[0] + size > INBOX_MAX_BYTES:
                     raise asyncio.QueueFull
-                inbox.put_nowait((item, size, loop.time()))
+                inbox.put_nowait((item, size, loop.time(), admitted))
             except asyncio.QueueFull:
+                if admitted:
+                    own_sends[0] -= 1
+                    admission.answered(None)
                 metrics.RATE_LIMITED.labels(metrics.LIMIT_WS_INBOX).inc()
                 frame_id = item.id if isinstance(item, ClientEnvelope) else None
                 conn.send(error_frame(_too_many(), frame_id))
@@ -322,7 +362,9 @@ async def websocket_endpoint(request: Request, ws: Websocket) -> None:
         # The client is gone, so frames it got no answer for are dropped (the app retries
         # them; client_msg_id keeps a retried send single); the frame in hand completes.
         while not inbox.empty():
-            inbox.get_nowait()
+            if (entry := inbox.get_nowait()) is not None and entry[3]:
+                own_sends[0] -= 1
+                admission.answered(None)
         inbox.put_nowait(None)
         log.info("disconnected: user %s", user.id)
         await services.hub.remove(conn)

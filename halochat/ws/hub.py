@@ -111,7 +111,14 @@ class Connection:
         sessions) cannot lock a device out; the bound is max_bytes plus one frame."""
         if self.closed:
             return False
-        text, size = self._enqueue(frame)
+        return self.send_encoded(*self._enqueue(frame))
+
+    def send_encoded(self, text: str, size: int | None = None) -> bool:
+        """`send` for a frame already encoded (`size`: its UTF-8 length when known)."""
+        if self.closed:
+            return False
+        if size is None:
+            size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
         if self.queued_bytes and self.queued_bytes + size > self.max_bytes:
             self.drop("slow")
             return False
