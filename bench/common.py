@@ -134,12 +134,14 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 
 
 class HalochatServer:
-    """`python -m halochat serve` with its own embedded database under `workdir`."""
+    """`python -m halochat serve` with its own embedded database under `workdir`, or on
+    `shared_uri` when set (a shared database, e.g. cluster members)."""
 
     def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.db_name = "bench"
+        self.shared_uri: str | None = None
         self.extra_env = env or {}
         self.log_path = workdir / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -158,6 +160,7 @@ class HalochatServer:
             db_name=self.db_name,
             data_dir=self.workdir / "var",
             jwt_secret=BENCH_JWT_SECRET,
+            mongodb_uri=self.shared_uri,
             extra=self.extra_env,
         )
         self.proc = subprocess.Popen(
@@ -177,6 +180,8 @@ class HalochatServer:
 
     @property
     def mongodb_uri(self) -> str:
+        if self.shared_uri:
+            return self.shared_uri
         state = json.loads((self.workdir / "var" / "db" / "server.json").read_text())
         return state["uri"]
 

@@ -44,17 +44,15 @@ from pymongo import MongoClient
 
 from bench.common import (
     BENCH_JWT_SECRET,
-    REPO_ROOT,
     HalochatServer,
     ProcWatch,
     RelayServer,
     cpu_seconds,
     summary,
-    wait_ready,
 )
 from halochat.auth import issue_token
 from halochat.config import Settings
-from halochat.launch import SERVE_COMMAND, child_env, free_port
+from halochat.launch import free_port
 
 # ---------------------------------------------------------------- client side (workers)
 
@@ -882,27 +880,8 @@ class ClusterMember(HalochatServer):
 
     def __init__(self, workdir: Path, env: dict[str, str], mongodb_uri: str, db_name: str):
         super().__init__(workdir, env)
-        self.uri = mongodb_uri
+        self.shared_uri = mongodb_uri
         self.db_name = db_name
-
-    def start(self) -> "ClusterMember":
-        env = child_env(
-            port=self.port,
-            db_name=self.db_name,
-            data_dir=self.workdir / "var",
-            jwt_secret=BENCH_JWT_SECRET,
-            mongodb_uri=self.uri,
-            extra=self.extra_env,
-        )
-        self.proc = subprocess.Popen(
-            list(SERVE_COMMAND),
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=self.log_path.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-        wait_ready(self.proc, f"{self.base_url}/readyz", self.log_path)
-        return self
 
 
 def cluster_run(
