@@ -20,6 +20,7 @@ from bson import ObjectId
 from tests.conftest import ServerFactory
 from tests.support.clients import Actor, WsClient, api
 from tests.support.fake_fcm import FakeFcm
+from tests.support.flows import request_and_accept
 from tests.support.nats import NatsServer
 from tests.support.server import ServerProcess
 
@@ -80,19 +81,6 @@ async def register_device(proc: ServerProcess, actor: Actor, token: str) -> None
             "/v1/devices", json={"device_id": uuid.uuid4().hex[:8], "fcm_token": token}
         )
         assert r.status_code == 200, r.text
-
-
-async def pair(
-    p_customer: ServerProcess, p_mitra: ServerProcess, customer: Actor, mitra: Actor, tier: str
-) -> str:
-    async with api(p_customer.base_url, customer) as http:
-        r = await http.post("/v1/sessions", json={"choice": "tier", "tier_id": tier})
-        assert r.status_code == 201, r.text
-        session_id = r.json()["session"]["id"]
-    async with api(p_mitra.base_url, mitra) as http:
-        r = await http.post(f"/v1/sessions/{session_id}/accept")
-        assert r.status_code == 200, r.text
-    return session_id
 
 
 def count(client: WsClient, type_: str, session_id: str | None = None) -> int:
@@ -234,7 +222,7 @@ async def test_bus_restart_resyncs_and_loses_nothing(
     tag = uuid.uuid4().hex[:6]
     customer = p1.create_user("customer", f"C-{tag}")
     mitra = p1.create_user("mitra", f"M-{tag}", available=True)
-    sid = await pair(p1, p2, customer, mitra, "15m")
+    sid = await request_and_accept(p1, p2, customer, mitra, "15m")
     c1, m2 = await ready(p1.ws_url, customer), await ready(p2.ws_url, mitra)
 
     async def bus(proc: ServerProcess) -> str:
@@ -291,7 +279,7 @@ async def test_process_killed_mid_chat(cluster: list[ServerProcess]) -> None:
     async with api(p2.base_url, waiting) as http:
         r = await http.post("/v1/sessions", json={"choice": "tier", "tier_id": "15m"})
         assert r.status_code == 201, r.text
-    sid = await pair(p1, p2, customer, mitra, "test-1m")
+    sid = await request_and_accept(p1, p2, customer, mitra, "test-1m")
     c1, m2, w1 = (
         await ready(p1.ws_url, customer),
         await ready(p2.ws_url, mitra),
@@ -390,7 +378,7 @@ async def test_workers_on_one_machine(server_factory: ServerFactory) -> None:
     tag = uuid.uuid4().hex[:6]
     customer = proc.create_user("customer", f"C-{tag}")
     mitra = proc.create_user("mitra", f"M-{tag}", available=True)
-    sid = await pair(proc, proc, customer, mitra, "15m")
+    sid = await request_and_accept(proc, proc, customer, mitra, "15m")
     c = await ready(proc.ws_url, customer)
     ms = [await ready(proc.ws_url, mitra) for _ in range(4)]
     try:

@@ -312,7 +312,7 @@ async def test_overload_sheds_and_every_send_is_answered(limited: ServerProcess)
             for i in range(per_socket):
                 body = {"session_id": sid, "client_msg_id": f"s{i}", "body": f"m{i}"}
                 await ws.send({"type": "message.send", "id": f"s{i}", "data": body})
-        answers = [await _answers(ws, per_socket) for ws in clients]
+        answers = [await ws.answers("s", per_socket) for ws in clients]
         codes = {
             a["error"]["code"] for per in answers for a in per.values() if a["type"] == "error"
         }
@@ -348,7 +348,7 @@ async def test_overload_sheds_at_admission(limited: ServerProcess) -> None:
         for i in range(burst):
             body = {"session_id": sid, "client_msg_id": f"s{i}", "body": f"m{i}"}
             await ws.send({"type": "message.send", "id": f"s{i}", "data": body})
-        answers = await _answers(ws, burst)
+        answers = await ws.answers("s", burst)
         order = [a["type"] for a in answers.values()]  # in arrival order
         acked = {k for k, a in answers.items() if a["type"] == "ack"}
         refused = [a for a in answers.values() if a["type"] == "error"]
@@ -400,16 +400,3 @@ def test_admission_bound_and_socket_share() -> None:
 async def _settled(server: ServerProcess) -> bool:
     now = await load(server)
     return now["sends_pending"] == 0 and now["store_inflight"] == 0
-
-
-async def _answers(ws: WsClient, count: int) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    async with asyncio.timeout(60):
-        while len(found) < count:
-            for f in list(ws.frames):
-                if f.get("type") in ("ack", "error") and str(f.get("id", "")).startswith("s"):
-                    ws.frames.remove(f)
-                    assert f["id"] not in found, "two answers to one send"
-                    found[f["id"]] = f
-            await asyncio.sleep(0.05)
-    return found

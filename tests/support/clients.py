@@ -107,6 +107,24 @@ class WsClient:
                     await self._cond.wait()
                 return found
 
+    async def answers(
+        self, id_prefix: str, count: int, timeout: float = 60.0
+    ) -> dict[str, dict[str, Any]]:
+        """Collects the ack/error answers to `count` frames whose ids start with `id_prefix`
+        (sent without waiting), by id; a frame answered twice fails the test."""
+        found: dict[str, dict[str, Any]] = {}
+        async with asyncio.timeout(timeout):
+            while len(found) < count:
+                for f in list(self.frames):
+                    if f.get("type") in ("ack", "error") and str(f.get("id", "")).startswith(
+                        id_prefix
+                    ):
+                        self.frames.remove(f)
+                        assert f["id"] not in found, "two answers to one frame"
+                        found[f["id"]] = f
+                await asyncio.sleep(0.05)
+        return found
+
     async def close(self) -> None:
         await self.conn.close()
         self._reader.cancel()

@@ -13,18 +13,31 @@ def make_pair(server: ServerProcess, tag: str = "") -> tuple[Actor, Actor]:
     return customer, mitra
 
 
+async def request_and_accept(
+    customer_server: ServerProcess,
+    mitra_server: ServerProcess,
+    customer: Actor,
+    mitra: Actor,
+    tier_id: str = "15m",
+) -> str:
+    """Customer requests a chat for `tier_id` on one server, `mitra` accepts it on another
+    (or the same); returns the session id."""
+    async with api(customer_server.base_url, customer) as http:
+        created = await http.post("/v1/sessions", json={"choice": "tier", "tier_id": tier_id})
+        assert created.status_code == 201, created.text
+        session_id = created.json()["session"]["id"]
+    async with api(mitra_server.base_url, mitra) as http:
+        accepted = await http.post(f"/v1/sessions/{session_id}/accept")
+        assert accepted.status_code == 200, accepted.text
+    return session_id
+
+
 async def open_active_session(
     server: ServerProcess, customer: Actor, mitra: Actor, *, tier_id: str = "15m"
 ) -> dict[str, Any]:
     """Customer requests a chat for `tier_id`, `mitra` accepts it; returns the ACTIVE
     session as the customer's GET /v1/sessions/<id> shows it."""
-    async with api(server.base_url, customer) as http:
-        created = await http.post("/v1/sessions", json={"choice": "tier", "tier_id": tier_id})
-        assert created.status_code == 201, created.text
-        session_id = created.json()["session"]["id"]
-    async with api(server.base_url, mitra) as http:
-        accepted = await http.post(f"/v1/sessions/{session_id}/accept")
-        assert accepted.status_code == 200, accepted.text
+    session_id = await request_and_accept(server, server, customer, mitra, tier_id)
     async with api(server.base_url, customer) as http:
         session = (await http.get(f"/v1/sessions/{session_id}")).json()["session"]
     assert session["state"] == "ACTIVE", session
