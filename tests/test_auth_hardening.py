@@ -185,9 +185,14 @@ async def test_disabling_a_user_closes_their_sockets_and_refuses_their_tokens(
         assert (await http.post(f"/v1/admin/users/{mitra.id}/disable")).status_code == 200
         r = await http.post(f"/v1/admin/users/{mitra.id}/enable")
         assert r.status_code == 200 and r.json()["disabled"] is False, r.text
-    async with api(server.base_url, mitra) as http:
+    await accepted(server, mitra)
+
+
+async def accepted(server: ServerProcess, actor: Actor) -> None:
+    """The actor's token works again, over HTTP and for a new socket."""
+    async with api(server.base_url, actor) as http:
         assert (await http.get("/v1/me")).status_code == 200
-    client = await WsClient.open(server.ws_url, mitra)
+    client = await WsClient.open(server.ws_url, actor)
     try:
         await client.wait_for("ready")
     finally:
@@ -215,13 +220,7 @@ async def test_revoking_tokens_closes_their_sockets_and_later_tokens_work(
     revoked_at = server.db["users"].find_one({"display_name": "Revoked"})["tokens_valid_after"]
     await asyncio.sleep(max(0.0, int(revoked_at.timestamp()) + 1 - time.time()))
     fresh = Actor(customer.id, "customer", "Revoked", issue_token(server.settings(), customer.id))
-    async with api(server.base_url, fresh) as http:
-        assert (await http.get("/v1/me")).status_code == 200
-    client = await WsClient.open(server.ws_url, fresh)
-    try:
-        await client.wait_for("ready")
-    finally:
-        await client.close()
+    await accepted(server, fresh)
 
 
 async def test_admin_user_endpoints_refuse_bad_callers_and_ids(
