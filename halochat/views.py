@@ -519,6 +519,8 @@ class Load(View):
     store_inflight_bytes: int
     sends_pending: int  # WebSocket sends read and not yet answered (ws/admission.py)
     sends_limit: int  # their current bound
+    pending_reads: int  # frame hand-overs of sockets not yet taken (ws/read_gate.py)
+    tasks: int  # the event loop's tasks
     bus: Literal["connected", "disconnected", "not_used"]  # the NATS link (docs/scaling.md)
 
 

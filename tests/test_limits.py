@@ -158,6 +158,40 @@ async def test_flooding_client_is_held_back(limited: ServerProcess) -> None:
     assert growth < 30, f"server RSS grew {growth:.0f} MB for {sent * len(hello) >> 20} MB sent"
 
 
+async def test_dropped_sockets_leave_nothing_pending(limited: ServerProcess) -> None:
+    """Clients that flood big frames and go away with frames still unread by the server:
+    the frames and the hand-over tasks holding them are let go with the connection
+    (Sanic alone keeps them pending for the life of the process, ws/read_gate.py)."""
+    users = [limited.create_user("customer", f"Gone{i}") for i in range(4)]
+    sessions = {f"{i:04d}" + "x" * 100: 0 for i in range(500)}
+    hello = json.dumps({"type": "hello", "id": "g", "data": {"sessions": sessions}})
+    await wait_until(lambda: _sockets_are(limited, 0))
+    baseline = (await load(limited))["tasks"]
+
+    async def flood_and_vanish(actor: Any) -> None:
+        for _ in range(3):  # each round: a new socket, frames in flight, then gone
+            raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            raw.connect(("127.0.0.1", limited.port))
+            conn = await connect(limited.ws_url, sock=raw, additional_headers=actor.headers)
+            try:
+                for _ in range(12):
+                    await asyncio.wait_for(conn.send(hello), 2)
+            except (ConnectionClosed, OSError, TimeoutError):
+                pass
+            finally:
+                conn.transport.abort()
+
+    await asyncio.gather(*(flood_and_vanish(u) for u in users))
+    assert await wait_until(lambda: _sockets_are(limited, 0))
+
+    async def settled() -> bool:
+        now = await load(limited)
+        return now["pending_reads"] == 0 and now["tasks"] <= baseline + 2
+
+    assert await wait_until(settled, 15), await load(limited)
+
+
 async def _sockets_are(server: ServerProcess, count: int) -> bool:
     return (await load(server))["sockets"] == count
 

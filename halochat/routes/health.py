@@ -4,6 +4,7 @@
 embedded database, its child process. /readyz (readiness): the database answers a ping.
 """
 
+import asyncio
 from typing import Any
 
 from sanic import Blueprint, Request
@@ -15,6 +16,7 @@ from halochat.db.connect import ping
 from halochat.routes.common import json_response
 from halochat.routes.openapi_docs import answers, errors
 from halochat.views import HealthChecks, Liveness, Load, Readiness
+from halochat.ws.read_gate import pending_handovers
 
 bp = Blueprint("health")
 
@@ -90,6 +92,10 @@ async def loadz(request: Request) -> HTTPResponse:
         # WebSocket sends read and not yet answered, and their current bound (ws/admission.py).
         sends_pending=services.send_admission.pending,
         sends_limit=services.send_admission.limit,
+        # Frames read from sockets and not yet taken by their handler (ws/read_gate.py), and
+        # the event loop's tasks: both fall back when sockets go (a leak shows here).
+        pending_reads=pending_handovers(),
+        tasks=len(asyncio.all_tasks()),
         # Cluster mode: the NATS bus link (docs/scaling.md); single mode: not_used.
         bus=NOT_USED
         if services.cluster is None
