@@ -258,7 +258,11 @@ class Worker:
         else:
             await self.run_closed(cmd["window"], cmd["duration"])
         drain_until = time.perf_counter() + cmd["drain"]
-        while self.outstanding and time.perf_counter() < drain_until:  # noqa: ASYNC110
+        # Wait for every delivery and every answer: a message can reach the other socket
+        # before its ack reaches the sender's, and an ack still on its way is not a drop.
+        while (  # noqa: ASYNC110
+            self.outstanding or len(self.answer_lat) < len(self.sent_at)
+        ) and time.perf_counter() < drain_until:
             await asyncio.sleep(0.05)
         if self.outstanding:
             self.errors["not_delivered"] += len(self.outstanding)
