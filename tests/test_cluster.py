@@ -5,7 +5,10 @@ every event reaches every device once, messages in seq order; the push decision 
 cluster-wide; a transition on one process refuses the next send on another at once; two
 Mitras on two processes accepting one request: one wins; the bus restarting makes the
 sockets resync with nothing acked lost; process 2 killed mid-chat: its Mitra resyncs on
-process 3 losslessly and process 2's timers fire on the survivors, once.
+process 3 losslessly and process 2's timers fire on the survivors, once (warning, expiry,
+pairing timeout); process 2 restarted rejoins the cluster, arms two grace deadlines (an
+extension request left pending, a session ended early) and is killed again: the survivors
+complete both sessions, once, and the pending extension lapses.
 """
 
 import asyncio
@@ -17,6 +20,8 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
+from halochat.constants import ExtensionStatus, SessionState
+from halochat.domain.triggers import Trigger
 from tests.conftest import ServerFactory
 from tests.support.clients import Actor, WsClient, api
 from tests.support.fake_fcm import FakeFcm
@@ -367,6 +372,72 @@ async def test_process_killed_mid_chat(cluster: list[ServerProcess]) -> None:
     finally:
         await c1.close()
         await w1.close()
+
+
+async def test_killed_member_rejoins_and_its_grace_deadlines_fire_on_the_survivors(
+    cluster: list[ServerProcess],
+) -> None:
+    """Process 2 (SIGKILLed above, or alive when this test runs alone) restarts and rejoins:
+    a request made on process 1 reaches a Mitra there. Then it arms two grace deadlines, an
+    extension request left pending (EXTENSION_PENDING) and a session ended early (CLOSING),
+    and is SIGKILLed before either runs out: the survivors complete both sessions, once."""
+    p1, p2, p3 = cluster
+    p2.restart()
+    tag = uuid.uuid4().hex[:6]
+    customers = [p1.create_user("customer", f"C{i}-{tag}") for i in range(2)]
+    mitras = [p1.create_user("mitra", f"M{i}-{tag}", available=True) for i in range(2)]
+    # The customers on process 1, the Mitras on process 3 (survivors) and on process 2.
+    cs = [await ready(p1.ws_url, c) for c in customers]
+    ms = [await ready(p3.ws_url, m) for m in mitras]
+    m2 = await ready(p2.ws_url, mitras[0])
+    try:
+        # The rejoined member is on the bus: the request made on 1 reaches its socket.
+        async with api(p1.base_url, customers[0]) as http:
+            r = await http.post("/v1/sessions", json={"choice": "tier", "tier_id": "test-1m"})
+            assert r.status_code == 201, r.text
+            extended = r.json()["session"]["id"]
+        await m2.wait_for("chat.request")
+        async with api(p2.base_url, mitras[0]) as http:
+            assert (await http.post(f"/v1/sessions/{extended}/accept")).status_code == 200
+        ended = await request_and_accept(p1, p2, customers[1], mitras[1], "15m")
+        for client in (cs[0], ms[0], m2):  # (session.started names no session_id: the first)
+            await client.wait_for("session.started")
+        await cs[0].wait_for("session.expired", timeout=15)  # 4 s of chat
+        # Both transitions made on process 2, which arms their grace timers (3 s).
+        async with api(p2.base_url, customers[0]) as http:
+            r = await http.post(f"/v1/sessions/{extended}/extension", json={"tier_id": "test-1m"})
+            assert r.status_code == 200, r.text
+        async with api(p2.base_url, mitras[1]) as http:
+            assert (await http.post(f"/v1/sessions/{ended}/end")).status_code == 200
+        p2.kill()
+        sessions = p1.db["sessions"]
+        states = {
+            doc["_id"]: doc["state"]
+            for doc in sessions.find({"_id": {"$in": [ObjectId(extended), ObjectId(ended)]}})
+        }
+        # Still open: the grace periods had not run out when process 2 died.
+        assert states == {
+            ObjectId(extended): SessionState.EXTENSION_PENDING.value,
+            ObjectId(ended): SessionState.CLOSING.value,
+        }, states
+        for sid, clients in ((extended, (cs[0], ms[0])), (ended, (cs[1], ms[1]))):
+            for client in clients:
+                await client.wait_for(
+                    "session.completed",
+                    timeout=15,
+                    session_id=sid,
+                    completed_by=Trigger.GRACE_ELAPSED.value,
+                )
+        await asyncio.sleep(1.0)  # the sweepers of both survivors have run again
+        for client in (*cs, *ms):
+            assert count(client, "session.completed") == 0, client.frames
+        for doc in sessions.find({"_id": {"$in": [ObjectId(extended), ObjectId(ended)]}}):
+            assert doc["state"] == SessionState.COMPLETED.value, doc
+        lapsed = sessions.find_one({"_id": ObjectId(extended)})
+        assert lapsed["extension"]["status"] == ExtensionStatus.LAPSED.value, lapsed
+    finally:
+        for client in (*cs, *ms, m2):
+            await client.close()
 
 
 async def test_workers_on_one_machine(server_factory: ServerFactory) -> None:
