@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from beanie import PydanticObjectId
 
+from halochat.cluster import delivery
 from halochat.cluster.delivery import Sequencer
 from halochat.constants import Role
 from halochat.db.connect import init_db, make_client
@@ -158,4 +159,60 @@ async def test_a_first_frame_waits_for_an_earlier_seq_still_being_stored(
     order.message(sock, sid, 2, message(sid, 2))  # published once stored
     await sent(sock, [2, 3])
     assert sock.live_from_seq[sid] == 2
+    order.forget_conn(sock)
+
+
+async def test_a_hole_filled_live_during_the_read_leaves_the_filler_reading(
+    messages_db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The filler reads a hole's message while its frame arrives live: what it read must not
+    stay held below the socket's next seq, where it would stop every later read (a later
+    hole whose frame never comes live, its sender having died after storing it, would then
+    hold the socket's frames until it is dropped)."""
+    sid = PydanticObjectId()
+    order = Sequencer()
+    sock: Any = FakeSocket()
+    read = delivery._messages
+
+    async def read_while_it_arrives(*args: Any) -> list[dict[str, Any]]:
+        found = await read(*args)
+        order.message(sock, sid, 2, message(sid, 2))  # live, while the filler was reading
+        return found
+
+    order.message(sock, sid, 1, message(sid, 1))
+    await store(sid, 2)
+    order.message(sock, sid, 3, message(sid, 3))  # ahead of 2: the filler starts
+    monkeypatch.setattr(delivery, "_messages", read_while_it_arrives)
+    await sent(sock, [1, 2, 3])
+    monkeypatch.setattr(delivery, "_messages", read)
+    await store(sid, 4)  # stored, never published (its process died)
+    order.message(sock, sid, 5, message(sid, 5))
+    await sent(sock, [1, 2, 3, 4, 5], timeout=10)
+    order.forget_conn(sock)
+
+
+async def test_a_new_hole_gets_its_own_wait_before_it_is_skipped(
+    messages_db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hole is skipped only after HOLE_GIVE_UP_SECONDS of its own: one filled live while
+    the filler waited does not count for the next (whose send may still be storing it)."""
+    monkeypatch.setattr(delivery, "HOLE_GIVE_UP_SECONDS", 2.0)
+    sid = PydanticObjectId()
+    order = Sequencer()
+    sock: Any = FakeSocket()
+
+    def arrive(seq: int) -> None:
+        order.message(sock, sid, seq, message(sid, seq))
+
+    arrive(1)
+    arrive(3)  # seq 2 still being stored: the filler reads at 0.5 s, 1.5 s, 3.5 s
+    await asyncio.sleep(1.7)
+    await store(sid, 2)
+    arrive(2)  # filled live
+    arrive(5)  # a new hole: seq 4 still being stored
+    assert sock.sent == [1, 2, 3]
+    await asyncio.sleep(2.3)  # past the filler's third read
+    await store(sid, 4)
+    arrive(4)
+    await sent(sock, [1, 2, 3, 4, 5])
     order.forget_conn(sock)

@@ -202,24 +202,36 @@ class Sequencer:
         within TAKEN_SEQ_WAIT_SECONDS or given back); a seq still missing after
         HOLE_GIVE_UP_SECONDS has no message and never will (its sender died between taking
         it and storing it): it is skipped."""
-        delay, waited = GAP_WAIT_SECONDS, 0.0
+        # `hole`: the next seq when this hole's wait began. A hole filled by a live frame
+        # meanwhile is no reason to read, and the next one gets its own full wait.
+        delay, waited, hole = GAP_WAIT_SECONDS, 0.0, order.next_seq
         try:
             while order.held and not conn.closed and not order.paused:
                 await asyncio.sleep(delay)
-                waited += delay
                 if order.paused or conn.closed:
                     break
+                if order.next_seq != hole:
+                    delay, waited, hole = GAP_WAIT_SECONDS, 0.0, order.next_seq
+                    continue
+                waited += delay
                 upto = min(order.held, default=order.next_seq)
                 if upto > order.next_seq:
-                    for doc in await _messages(session_id, order.next_seq, upto):
-                        order.held.setdefault(doc["seq"], _message_frame(session_id, doc))
-                    if waited >= HOLE_GIVE_UP_SECONDS:
+                    try:
+                        docs = await _messages(session_id, order.next_seq, upto)
+                    except Exception as exc:  # the database busy or away: read again later
+                        log.warning("reading a seq gap of session %s failed: %r", session_id, exc)
+                        docs = []
+                    for doc in docs:
+                        # (A frame delivered live during the read is not held again: below
+                        # next_seq it would stay in `held` for good.)
+                        if doc["seq"] >= order.next_seq:
+                            order.held.setdefault(doc["seq"], _message_frame(session_id, doc))
+                    if waited >= HOLE_GIVE_UP_SECONDS and order.next_seq == hole:
                         for seq in range(order.next_seq, upto):
                             order.held.setdefault(seq, None)
-                before = order.next_seq
                 self._send_in_order(conn, session_id, order)
-                if order.next_seq != before:  # moved on: a new hole starts its own wait
-                    delay, waited = GAP_WAIT_SECONDS, 0.0
+                if order.next_seq != hole:  # moved on: a new hole starts its own wait
+                    delay, waited, hole = GAP_WAIT_SECONDS, 0.0, order.next_seq
                 else:
                     delay = min(delay * 2, 5.0)
         except Exception:
