@@ -28,6 +28,7 @@ from tests.support.fake_fcm import FakeFcm
 from tests.support.flows import request_and_accept
 from tests.support.nats import NatsServer
 from tests.support.server import ServerProcess
+from tests.support.tcp_proxy import TcpProxy
 
 CLUSTER_ENV = {
     "HALOCHAT_MINUTE_SECONDS": "4",  # test-1m: 4 s of chat; 15m: 60 s
@@ -186,6 +187,63 @@ async def test_chat_across_three_processes(cluster: list[ServerProcess], fake_fc
     finally:
         for client in (c1, m2, c3):
             await client.close()
+
+
+async def test_a_first_message_still_being_stored_is_not_lost(
+    cluster: list[ServerProcess],
+    server_factory: ServerFactory,
+    nats_server: NatsServer,
+    mongodb_uri: str,
+) -> None:
+    """A new session's first two messages: seq 1 taken on a process whose insert is slow (a
+    slow link to the database), seq 2 taken and stored on another meanwhile. A socket whose
+    first frame of the session is seq 2 looks for lower seqs in the database and finds none
+    yet: seq 1's frame, arriving later, must still be written to it (bench/load.py counted
+    one such message "not delivered" once)."""
+    p1, _, p3 = cluster
+    proxy = TcpProxy.for_mongodb(mongodb_uri).start()
+    slow = server_factory(env={**CLUSTER_ENV, "HALOCHAT_NATS_URL": nats_server.url}, start=False)
+    slow.mongodb_uri, slow.db_uri, slow.db_name = proxy.proxied_uri(), mongodb_uri, p1.db_name
+    try:
+        slow.start()
+        tag = uuid.uuid4().hex[:6]
+        customer = p1.create_user("customer", f"C-{tag}")
+        mitra = p1.create_user("mitra", f"M-{tag}", available=True)
+        c_slow, m1, c3 = (
+            await ready(slow.ws_url, customer),
+            await ready(p1.ws_url, mitra),
+            await ready(p3.ws_url, customer),
+        )
+        sid = await request_and_accept(p1, p1, customer, mitra, "15m")
+        proxy.delay = 1.0  # each request of the slow process reaches the database 1 s late
+        first = asyncio.create_task(
+            c_slow.request(
+                "message.send", {"session_id": sid, "client_msg_id": "c1", "body": "1"}, 30
+            )
+        )
+        sessions = p1.db["sessions"]
+        # Seq 1 taken (the slow process's $inc applied); its insert is still on its way.
+        await until(lambda: sessions.find_one({"_id": ObjectId(sid)})["last_seq"] == 1)
+        ack = await m1.request(
+            "message.send", {"session_id": sid, "client_msg_id": "m2", "body": "second"}
+        )
+        assert ack["data"]["message"]["seq"] == 2, ack
+        # Seq 2 stored and acked (the Mitra's socket looked for lower seqs): seq 1 not yet.
+        assert p1.db["messages"].count_documents({"session_id": ObjectId(sid)}) == 1
+        assert (await first)["data"]["message"]["seq"] == 1
+        proxy.delay = 0.0
+        try:
+            await until(lambda: messages(m1, sid) == [1] and messages(c3, sid) == [1, 2])
+        except TimeoutError:
+            raise AssertionError((messages(m1, sid), messages(c3, sid))) from None
+        await asyncio.sleep(0.5)  # nothing more
+        assert messages(m1, sid) == [1] and messages(c3, sid) == [1, 2]
+        for client in (c_slow, m1, c3):
+            await client.close()
+    finally:
+        proxy.delay = 0.0
+        slow.stop()
+        proxy.stop()
 
 
 async def test_two_mitras_on_two_processes_accept_one_request(
