@@ -1,14 +1,15 @@
 """Cluster mode (issue 13): one database, one real nats-server, three halochat processes.
 
 The customer is on process 1, the Mitra on process 2, a second customer device on process 3:
-every event reaches every device once, messages in seq order; the push decision is
-cluster-wide; a transition on one process refuses the next send on another at once; two
-Mitras on two processes accepting one request: one wins; the bus restarting makes the
-sockets resync with nothing acked lost; process 2 killed mid-chat: its Mitra resyncs on
-process 3 losslessly and process 2's timers fire on the survivors, once (warning, expiry,
-pairing timeout); process 2 restarted rejoins the cluster, arms grace deadlines (a session
-left EXPIRED, an extension request left pending, a session ended early) and is killed again:
-the survivors complete each session, once, and the pending extension lapses.
+every event reaches every device once, messages in seq order (also when a new session's seq
+1 is still being stored by a member with a slow database link while seq 2 is acked on
+another); the push decision is cluster-wide; a transition on one process refuses the next
+send on another at once; two Mitras on two processes accepting one request: one wins; the
+bus restarting makes the sockets resync with nothing acked lost; process 2 killed mid-chat:
+its Mitra resyncs on process 3 losslessly and process 2's timers fire on the survivors, once
+(warning, expiry, pairing timeout); process 2 restarted rejoins the cluster, sessions enter
+grace states there (left EXPIRED, an extension request left pending, ended early) and it is
+killed again: the survivors complete each session, once, and the pending extension lapses.
 """
 
 import asyncio
