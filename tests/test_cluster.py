@@ -1,11 +1,15 @@
 """Cluster mode (issue 13): one database, one real nats-server, three halochat processes.
 
 The customer is on process 1, the Mitra on process 2, a second customer device on process 3:
-every event reaches every device once, messages in seq order; the push decision is
-cluster-wide; a transition on one process refuses the next send on another at once; two
-Mitras on two processes accepting one request: one wins; the bus restarting makes the
-sockets resync with nothing acked lost; process 2 killed mid-chat: its Mitra resyncs on
-process 3 losslessly and process 2's timers fire on the survivors, once.
+every event reaches every device once, messages in seq order (also when a new session's seq
+1 is still being stored by a member with a slow database link while seq 2 is acked on
+another); the push decision is cluster-wide; a transition on one process refuses the next
+send on another at once; two Mitras on two processes accepting one request: one wins; the
+bus restarting makes the sockets resync with nothing acked lost; process 2 killed mid-chat:
+its Mitra resyncs on process 3 losslessly and process 2's timers fire on the survivors, once
+(warning, expiry, pairing timeout); process 2 restarted rejoins the cluster, sessions enter
+grace states there (left EXPIRED, an extension request left pending, ended early) and it is
+killed again: the survivors complete each session, once, and the pending extension lapses.
 """
 
 import asyncio
@@ -17,12 +21,15 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
+from halochat.constants import ExtensionStatus, SessionState
+from halochat.domain.triggers import Trigger
 from tests.conftest import ServerFactory
 from tests.support.clients import Actor, WsClient, api
 from tests.support.fake_fcm import FakeFcm
 from tests.support.flows import request_and_accept
 from tests.support.nats import NatsServer
 from tests.support.server import ServerProcess
+from tests.support.tcp_proxy import TcpProxy
 
 CLUSTER_ENV = {
     "HALOCHAT_MINUTE_SECONDS": "4",  # test-1m: 4 s of chat; 15m: 60 s
@@ -181,6 +188,63 @@ async def test_chat_across_three_processes(cluster: list[ServerProcess], fake_fc
     finally:
         for client in (c1, m2, c3):
             await client.close()
+
+
+async def test_a_first_message_still_being_stored_is_not_lost(
+    cluster: list[ServerProcess],
+    server_factory: ServerFactory,
+    nats_server: NatsServer,
+    mongodb_uri: str,
+) -> None:
+    """A new session's first two messages: seq 1 taken on a process whose insert is slow (a
+    slow link to the database), seq 2 taken and stored on another meanwhile. A socket whose
+    first frame of the session is seq 2 looks for lower seqs in the database and finds none
+    yet: seq 1's frame, arriving later, must still be written to it (bench/load.py counted
+    one such message "not delivered" once)."""
+    p1, _, p3 = cluster
+    proxy = TcpProxy.for_mongodb(mongodb_uri).start()
+    slow = server_factory(env={**CLUSTER_ENV, "HALOCHAT_NATS_URL": nats_server.url}, start=False)
+    slow.mongodb_uri, slow.db_uri, slow.db_name = proxy.proxied_uri(), mongodb_uri, p1.db_name
+    try:
+        slow.start()
+        tag = uuid.uuid4().hex[:6]
+        customer = p1.create_user("customer", f"C-{tag}")
+        mitra = p1.create_user("mitra", f"M-{tag}", available=True)
+        c_slow, m1, c3 = (
+            await ready(slow.ws_url, customer),
+            await ready(p1.ws_url, mitra),
+            await ready(p3.ws_url, customer),
+        )
+        sid = await request_and_accept(p1, p1, customer, mitra, "15m")
+        proxy.delay = 1.0  # each request of the slow process reaches the database 1 s late
+        first = asyncio.create_task(
+            c_slow.request(
+                "message.send", {"session_id": sid, "client_msg_id": "c1", "body": "1"}, 30
+            )
+        )
+        sessions = p1.db["sessions"]
+        # Seq 1 taken (the slow process's $inc applied); its insert is still on its way.
+        await until(lambda: sessions.find_one({"_id": ObjectId(sid)})["last_seq"] == 1)
+        ack = await m1.request(
+            "message.send", {"session_id": sid, "client_msg_id": "m2", "body": "second"}
+        )
+        assert ack["data"]["message"]["seq"] == 2, ack
+        # Seq 2 stored and acked (the Mitra's socket looked for lower seqs): seq 1 not yet.
+        assert p1.db["messages"].count_documents({"session_id": ObjectId(sid)}) == 1
+        assert (await first)["data"]["message"]["seq"] == 1
+        proxy.delay = 0.0
+        try:
+            await until(lambda: messages(m1, sid) == [1] and messages(c3, sid) == [1, 2])
+        except TimeoutError:
+            raise AssertionError((messages(m1, sid), messages(c3, sid))) from None
+        await asyncio.sleep(0.5)  # nothing more
+        assert messages(m1, sid) == [1] and messages(c3, sid) == [1, 2]
+        for client in (c_slow, m1, c3):
+            await client.close()
+    finally:
+        proxy.delay = 0.0
+        slow.stop()
+        proxy.stop()
 
 
 async def test_two_mitras_on_two_processes_accept_one_request(
@@ -367,6 +431,72 @@ async def test_process_killed_mid_chat(cluster: list[ServerProcess]) -> None:
     finally:
         await c1.close()
         await w1.close()
+
+
+async def test_killed_member_rejoins_and_its_grace_deadlines_fire_on_the_survivors(
+    cluster: list[ServerProcess],
+) -> None:
+    """Process 2 (SIGKILLed above, or alive when this test runs alone) restarts and rejoins:
+    a request made on process 1 reaches a Mitra there. Then grace deadlines are armed there
+    (a session left EXPIRED, an extension request left pending, a session ended early) and
+    it is SIGKILLed before they run out: the survivors complete each session, once."""
+    p1, p2, p3 = cluster
+    p2.restart()
+    tag = uuid.uuid4().hex[:6]
+    customers = [p1.create_user("customer", f"C{i}-{tag}") for i in range(3)]
+    mitras = [p1.create_user("mitra", f"M{i}-{tag}", available=True) for i in range(3)]
+    # The customers on process 1, the Mitras on process 3 (survivors) and one on process 2.
+    cs = [await ready(p1.ws_url, c) for c in customers]
+    ms = [await ready(p3.ws_url, m) for m in mitras]
+    m2 = await ready(p2.ws_url, mitras[0])
+    try:
+        # The rejoined member is on the bus: the request made on 1 reaches its socket.
+        async with api(p1.base_url, customers[0]) as http:
+            r = await http.post("/v1/sessions", json={"choice": "tier", "tier_id": "test-1m"})
+            assert r.status_code == 201, r.text
+            extended = r.json()["session"]["id"]
+        await m2.wait_for("chat.request")
+        async with api(p2.base_url, mitras[0]) as http:
+            assert (await http.post(f"/v1/sessions/{extended}/accept")).status_code == 200
+        expired = await request_and_accept(p1, p2, customers[1], mitras[1], "test-1m")
+        ended = await request_and_accept(p1, p2, customers[2], mitras[2], "15m")
+        # Process 2 armed both 4-second sessions' expiry: its timer (or a sweeper) fires it.
+        for client in (cs[0], cs[1]):
+            await client.wait_for("session.expired", timeout=15)
+        # Two transitions made on process 2, which arms their grace timers (3 s).
+        async with api(p2.base_url, customers[0]) as http:
+            r = await http.post(f"/v1/sessions/{extended}/extension", json={"tier_id": "test-1m"})
+            assert r.status_code == 200, r.text
+        async with api(p2.base_url, mitras[2]) as http:
+            assert (await http.post(f"/v1/sessions/{ended}/end")).status_code == 200
+        p2.kill()
+        sessions = p1.db["sessions"]
+        ids = [ObjectId(sid) for sid in (extended, expired, ended)]
+
+        def states() -> list[str]:
+            by_id = {doc["_id"]: doc["state"] for doc in sessions.find({"_id": {"$in": ids}})}
+            return [by_id[i] for i in ids]
+
+        # Still open: no grace period had run out when process 2 died.
+        open_states = [SessionState.EXTENSION_PENDING, SessionState.EXPIRED, SessionState.CLOSING]
+        assert states() == [s.value for s in open_states]
+        for i, sid in enumerate((extended, expired, ended)):
+            for client in (cs[i], ms[i]):
+                await client.wait_for(
+                    "session.completed",
+                    timeout=15,
+                    session_id=sid,
+                    completed_by=Trigger.GRACE_ELAPSED.value,
+                )
+        await asyncio.sleep(1.0)  # the sweepers of both survivors have run again
+        for client in (*cs, *ms):
+            assert count(client, "session.completed") == 0, client.frames
+        assert states() == [SessionState.COMPLETED.value] * 3
+        lapsed = sessions.find_one({"_id": ObjectId(extended)})
+        assert lapsed["extension"]["status"] == ExtensionStatus.LAPSED.value, lapsed
+    finally:
+        for client in (*cs, *ms, m2):
+            await client.close()
 
 
 async def test_workers_on_one_machine(server_factory: ServerFactory) -> None:

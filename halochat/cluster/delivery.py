@@ -37,7 +37,7 @@ from beanie import PydanticObjectId
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 
 from halochat.constants import AppState, ServerFrame
 from halochat.documents import Message
@@ -76,9 +76,11 @@ class _Order:
     filler: asyncio.Task[None] | None = None
 
 
-# The message.new frames of a session's messages with seq < `before`, created at or after
-# `since`, as (seq, frame), in seq order.
-Fetch = Callable[[PydanticObjectId, int, datetime], Awaitable[list[tuple[int, dict[str, Any]]]]]
+# Where a socket's live order of a session starts, found when its first frame (seq `before`)
+# arrives; `since`: when the socket subscribed. (The first seq, the message.new frames of the
+# stored messages from it up to `before`, as (seq, frame) in seq order.)
+Frames = list[tuple[int, dict[str, Any]]]
+Fetch = Callable[[PydanticObjectId, int, datetime], Awaitable[tuple[int, Frames]]]
 
 
 class Sequencer:
@@ -86,8 +88,9 @@ class Sequencer:
 
     A socket's first frame of a session need not be the first one published after the socket
     subscribed (two processes publish one session's messages): before it is sent, the
-    messages of that session created since the socket subscribed and below its seq are looked
-    up; they are in flight to this socket, so they are waited for (or read) and sent first."""
+    session's last message created before the socket subscribed is looked up; every seq
+    after it is in flight to this socket (stored since, or taken and still being stored), so
+    it is waited for (or read) and sent first."""
 
     def __init__(self, fetch: Fetch | None = None) -> None:
         self._orders: dict[tuple[int, PydanticObjectId], _Order] = {}
@@ -160,17 +163,18 @@ class Sequencer:
         since: datetime,
     ) -> None:
         try:
-            found = await self._fetch(session_id, first, since)
+            start, found = await self._fetch(session_id, first, since)
         except Exception:
             log.exception("looking up the messages before seq %d of %s failed", first, session_id)
-            found = []
+            start, found = first, []
         if not order.probing:  # a hello replay set this socket's order meanwhile
             return
         order.probing = False
-        if found:
-            order.next_seq = min(seq for seq, _ in found)
-            for seq, frame in found:
-                order.held.setdefault(seq, frame)
+        # From `start` on, a seq not stored yet is a send still storing it: a hole to wait
+        # for (its frame comes live, or _fill reads it), not a seq before this socket.
+        order.next_seq = start
+        for seq, frame in found:
+            order.held.setdefault(seq, frame)
         for seq in [s for s in order.held if s < order.next_seq]:
             del order.held[seq]
         if not order.paused and not conn.closed:
@@ -198,24 +202,36 @@ class Sequencer:
         within TAKEN_SEQ_WAIT_SECONDS or given back); a seq still missing after
         HOLE_GIVE_UP_SECONDS has no message and never will (its sender died between taking
         it and storing it): it is skipped."""
-        delay, waited = GAP_WAIT_SECONDS, 0.0
+        # `hole`: the next seq when this hole's wait began. A hole filled by a live frame
+        # meanwhile is no reason to read, and the next one gets its own full wait.
+        delay, waited, hole = GAP_WAIT_SECONDS, 0.0, order.next_seq
         try:
             while order.held and not conn.closed and not order.paused:
                 await asyncio.sleep(delay)
-                waited += delay
                 if order.paused or conn.closed:
                     break
+                if order.next_seq != hole:
+                    delay, waited, hole = GAP_WAIT_SECONDS, 0.0, order.next_seq
+                    continue
+                waited += delay
                 upto = min(order.held, default=order.next_seq)
                 if upto > order.next_seq:
-                    for doc in await _messages(session_id, order.next_seq, upto):
-                        order.held.setdefault(doc["seq"], _message_frame(session_id, doc))
-                    if waited >= HOLE_GIVE_UP_SECONDS:
+                    try:
+                        docs = await _messages(session_id, order.next_seq, upto)
+                    except Exception as exc:  # the database busy or away: read again later
+                        log.warning("reading a seq gap of session %s failed: %r", session_id, exc)
+                        docs = []
+                    for doc in docs:
+                        # (A frame delivered live during the read is not held again: below
+                        # next_seq it would stay in `held` for good.)
+                        if doc["seq"] >= order.next_seq:
+                            order.held.setdefault(doc["seq"], _message_frame(session_id, doc))
+                    if waited >= HOLE_GIVE_UP_SECONDS and order.next_seq == hole:
                         for seq in range(order.next_seq, upto):
                             order.held.setdefault(seq, None)
-                before = order.next_seq
                 self._send_in_order(conn, session_id, order)
-                if order.next_seq != before:  # moved on: a new hole starts its own wait
-                    delay, waited = GAP_WAIT_SECONDS, 0.0
+                if order.next_seq != hole:  # moved on: a new hole starts its own wait
+                    delay, waited, hole = GAP_WAIT_SECONDS, 0.0, order.next_seq
                 else:
                     delay = min(delay * 2, 5.0)
         except Exception:
@@ -265,14 +281,21 @@ async def _messages(session_id: PydanticObjectId, first: int, upto: int) -> list
 
 async def _messages_since(
     session_id: PydanticObjectId, before: int, since: datetime
-) -> list[tuple[int, dict[str, Any]]]:
-    cursor = (
-        Message.get_pymongo_collection()
-        .find({"session_id": session_id, "seq": {"$lt": before}, "created_at": {"$gte": since}})
-        .sort("seq", ASCENDING)
-        .limit(MAX_HELD_FRAMES)
+) -> tuple[int, Frames]:
+    """The Fetch of a socket's first frame: its order starts after the last message created
+    before the socket subscribed. (Not at the first message stored since: a lower seq may be
+    taken and still storing; its frame would then arrive live below the start and be lost.)"""
+    collection = Message.get_pymongo_collection()
+    last_before = await collection.find_one(
+        {"session_id": session_id, "seq": {"$lt": before}, "created_at": {"$lt": since}},
+        {"seq": 1},
+        sort=[("seq", DESCENDING)],
     )
-    return [(doc["seq"], _message_frame(session_id, doc)) for doc in await cursor.to_list(None)]
+    start = last_before["seq"] + 1 if last_before is not None else 1
+    return start, [
+        (doc["seq"], _message_frame(session_id, doc))
+        for doc in await _messages(session_id, start, before)
+    ]
 
 
 @dataclass

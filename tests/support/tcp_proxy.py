@@ -1,13 +1,15 @@
 """A loopback TCP proxy that can be cut and restored, to make a database unreachable.
 
 `cut()` stops listening (new connections are refused) and drops every open connection;
-`restore()` listens again on the same port. It runs its own event loop in a thread, so both
-sync and async tests can drive it.
+`restore()` listens again on the same port. `delay` (seconds, settable at any time) holds
+back every chunk sent upstream: a slow link to the database. It runs its own event loop in
+a thread, so both sync and async tests can drive it.
 """
 
 import asyncio
 import contextlib
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from pymongo.uri_parser import parse_uri
@@ -23,6 +25,7 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self.delay = 0.0
 
     @classmethod
     def for_mongodb(cls, uri: str) -> "TcpProxy":
@@ -88,16 +91,24 @@ class TcpProxy:
         pair = {writer, up_writer}
         self._writers |= pair
         try:
-            await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+            await asyncio.gather(
+                _pump(reader, up_writer, lambda: self.delay), _pump(up_reader, writer)
+            )
         finally:
             self._writers -= pair
             for w in pair:
                 w.transport.abort()
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pump(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    delay: Callable[[], float] | None = None,
+) -> None:
     with contextlib.suppress(OSError, asyncio.IncompleteReadError):
         while data := await reader.read(65536):
+            if delay is not None and (seconds := delay()) > 0:
+                await asyncio.sleep(seconds)
             writer.write(data)
             await writer.drain()
     writer.transport.abort()
