@@ -78,7 +78,6 @@ async def test_a_first_frame_waits_for_earlier_ones_published_since_the_socket_s
     """A new session's first two messages, sent on two processes at once, reach a socket of a
     third in either order: seq 2 first must not make seq 1 look already delivered."""
     sid = PydanticObjectId()
-    stored_at = utcnow()
 
     async def fetch(session_id: PydanticObjectId, before: int, since: Any) -> tuple[int, Any]:
         """The database: seq 1 was stored after the socket subscribed."""
@@ -88,11 +87,36 @@ async def test_a_first_frame_waits_for_earlier_ones_published_since_the_socket_s
     order = Sequencer(fetch)
     sock: Any = FakeSocket()
     order.attached(sock)
+    # After subscribing (taken before it, a slow machine could put the subscription in a
+    # later millisecond: the fake database's check then failed and the probe fell back).
+    stored_at = utcnow()
     order.message(sock, sid, 2, message(sid, 2))  # the Mitra's, first on the bus
     assert sock.sent == []  # held while seq 1 (stored since the socket subscribed) is awaited
     order.message(sock, sid, 1, message(sid, 1))  # the customer's, from another process
     for _ in range(100):
         if sock.sent:
+            break
+        await asyncio.sleep(0.01)
+    assert sock.sent == [1, 2] and sock.live_from_seq[sid] == 1
+    order.forget_conn(sock)
+
+
+async def test_a_failed_first_lookup_keeps_the_frames_in_hand() -> None:
+    """The database unreachable when a socket's first frame of a session looks for earlier
+    ones: the frames that arrived live meanwhile are still sent, in seq order."""
+    sid = PydanticObjectId()
+
+    async def fetch(session_id: PydanticObjectId, before: int, since: Any) -> tuple[int, Any]:
+        await asyncio.sleep(0.05)  # seq 1 arrives live meanwhile
+        raise ConnectionError("database unreachable")
+
+    order = Sequencer(fetch)
+    sock: Any = FakeSocket()
+    order.attached(sock)
+    order.message(sock, sid, 2, message(sid, 2))
+    order.message(sock, sid, 1, message(sid, 1))
+    for _ in range(100):
+        if len(sock.sent) == 2:
             break
         await asyncio.sleep(0.01)
     assert sock.sent == [1, 2] and sock.live_from_seq[sid] == 1

@@ -166,7 +166,8 @@ class Sequencer:
             start, found = await self._fetch(session_id, first, since)
         except Exception:
             log.exception("looking up the messages before seq %d of %s failed", first, session_id)
-            start, found = first, []
+            # Start from the lowest frame in hand: what arrived live meanwhile is not dropped.
+            start, found = min(order.held, default=first), []
         if not order.probing:  # a hello replay set this socket's order meanwhile
             return
         order.probing = False
