@@ -59,9 +59,14 @@ class ReadGate:
         )
         sanic_resume: Callable[[], bool] | None = getattr(ws, "resume_frames", None)
         sanic_lost: Callable[[Exception | None], None] | None = getattr(ws, "connection_lost", None)
-        if None in (transport, ws_proto, hand_over, sanic_resume, sanic_lost):
+        if (
+            transport is None
+            or ws_proto is None
+            or hand_over is None
+            or sanic_resume is None
+            or sanic_lost is None
+        ):
             return None
-        assert hand_over is not None and sanic_resume is not None and sanic_lost is not None
         gate = cls(transport, high, low)
 
         def data_received(data: bytes) -> None:
