@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from bson import ObjectId
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from halochat.domain.messaging.common import overloaded
@@ -83,27 +83,38 @@ async def send_retrying(ws: WsClient, body: dict[str, Any]) -> dict[str, Any]:
 # --- memory ------------------------------------------------------------------------------
 
 
+# A hello listing 500 ids that are no ObjectIds: each is answered with an error naming it
+# (~90 KB per answer) and no database query; the frame itself is ~52 KB.
+BIG_ANSWER_HELLO = json.dumps(
+    {
+        "type": "hello",
+        "id": "h",
+        "data": {"sessions": {f"{i:04d}" + "x" * 100: 0 for i in range(500)}},
+    }
+)
+
+
+async def unread_socket(server: ServerProcess, actor: Any, **options: Any) -> ClientConnection:
+    """A WebSocket whose client never reads, with a 4 KiB receive buffer: the server's
+    output to it backs up at once."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", server.port))
+    return await connect(server.ws_url, sock=raw, additional_headers=actor.headers, **options)
+
+
 async def test_slow_reader_is_disconnected_and_freed(limited: ServerProcess) -> None:
     """A client that never reads, flooded with frames whose answers are big: the bytes queued
     for it never pass the bound, the server drops it (transport aborted) and the hub no
     longer holds it."""
     customer = limited.create_user("customer", "Slow")
     baseline = (await load(limited))["sockets"]
-    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # let the server's output back up
-    raw.connect(("127.0.0.1", limited.port))
-    conn = await connect(
-        limited.ws_url, sock=raw, additional_headers=customer.headers, max_queue=1
-    )
-    # 500 ids that are no ObjectIds: each is answered with an error naming it (~90 KB per
-    # answer) and no database query.
-    sessions = {f"{i:04d}" + "x" * 100: 0 for i in range(500)}
-    hello = json.dumps({"type": "hello", "id": "h", "data": {"sessions": sessions}})
+    conn = await unread_socket(limited, customer, max_queue=1)
     peak = 0
     try:
         async with asyncio.timeout(90):
             for i in range(300):
-                await conn.send(hello)
+                await conn.send(BIG_ANSWER_HELLO)
                 if i % 5 == 0:
                     now = await load(limited)
                     peak = max(peak, now["queued_bytes"])
@@ -132,20 +143,15 @@ async def test_flooding_client_is_held_back(limited: ServerProcess) -> None:
     nothing): the server reads only as fast as it handles (TCP backpressure,
     halochat/ws/read_gate.py) instead of buffering what they sent."""
     users = [limited.create_user("customer", f"Flood{i}") for i in range(5)]
-    sessions = {f"{i:04d}" + "x" * 100: 0 for i in range(500)}
-    hello = json.dumps({"type": "hello", "id": "f", "data": {"sessions": sessions}})
     before = server_rss_mb(limited)
     sent = 0
 
     async def flood(actor: Any) -> None:
         nonlocal sent
-        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.connect(("127.0.0.1", limited.port))
-        conn = await connect(limited.ws_url, sock=raw, additional_headers=actor.headers)
+        conn = await unread_socket(limited, actor)
         try:
             for _ in range(150):  # 150 x 52 KB = 7.8 MB per socket
-                await asyncio.wait_for(conn.send(hello), 2)
+                await asyncio.wait_for(conn.send(BIG_ANSWER_HELLO), 2)
                 sent += 1
         except (ConnectionClosed, OSError, TimeoutError):
             pass  # dropped as a slow reader, or held back: either is fine
@@ -155,7 +161,8 @@ async def test_flooding_client_is_held_back(limited: ServerProcess) -> None:
     await asyncio.gather(*(flood(u) for u in users))
     growth = server_rss_mb(limited) - before
     assert sent > 100
-    assert growth < 30, f"server RSS grew {growth:.0f} MB for {sent * len(hello) >> 20} MB sent"
+    sent_mb = sent * len(BIG_ANSWER_HELLO) >> 20
+    assert growth < 30, f"server RSS grew {growth:.0f} MB for {sent_mb} MB sent"
 
 
 async def test_dropped_sockets_leave_nothing_pending(limited: ServerProcess) -> None:
@@ -163,20 +170,15 @@ async def test_dropped_sockets_leave_nothing_pending(limited: ServerProcess) -> 
     the frames and the hand-over tasks holding them are let go with the connection
     (Sanic alone keeps them pending for the life of the process, ws/read_gate.py)."""
     users = [limited.create_user("customer", f"Gone{i}") for i in range(4)]
-    sessions = {f"{i:04d}" + "x" * 100: 0 for i in range(500)}
-    hello = json.dumps({"type": "hello", "id": "g", "data": {"sessions": sessions}})
     await wait_until(lambda: _sockets_are(limited, 0))
     baseline = (await load(limited))["tasks"]
 
     async def flood_and_vanish(actor: Any) -> None:
         for _ in range(3):  # each round: a new socket, frames in flight, then gone
-            raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            raw.connect(("127.0.0.1", limited.port))
-            conn = await connect(limited.ws_url, sock=raw, additional_headers=actor.headers)
+            conn = await unread_socket(limited, actor)
             try:
                 for _ in range(12):
-                    await asyncio.wait_for(conn.send(hello), 2)
+                    await asyncio.wait_for(conn.send(BIG_ANSWER_HELLO), 2)
             except (ConnectionClosed, OSError, TimeoutError):
                 pass
             finally:
@@ -240,9 +242,9 @@ async def test_socket_cap_refuses_the_extra_socket(limited: ServerProcess) -> No
         await asyncio.wait_for(extra.conn.wait_closed(), 20)
         assert extra.conn.close_code == 4429
     # Once the others are closed the user may connect again.
-    assert await wait_until(
-        lambda: _accepts(limited, customer)
-    ), "socket refused after the others closed"
+    assert await wait_until(lambda: _accepts(limited, customer)), (
+        "socket refused after the others closed"
+    )
 
 
 async def _accepts(server: ServerProcess, actor: Any) -> bool:
