@@ -35,6 +35,15 @@ class FakeSocket:
         self.closed = True
 
 
+async def sent(sock: FakeSocket, expected: list[int], timeout: float = 5.0) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            while sock.sent != expected:  # noqa: ASYNC110 (the Sequencer's tasks send)
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"sent {sock.sent}, expected {expected}") from None
+
+
 def message(session_id: PydanticObjectId, seq: int) -> dict[str, Any]:
     return {"type": "message.new", "data": {"session_id": str(session_id), "message": {"seq": seq}}}
 
@@ -93,11 +102,8 @@ async def test_a_first_frame_waits_for_earlier_ones_published_since_the_socket_s
     order.message(sock, sid, 2, message(sid, 2))  # the Mitra's, first on the bus
     assert sock.sent == []  # held while seq 1 (stored since the socket subscribed) is awaited
     order.message(sock, sid, 1, message(sid, 1))  # the customer's, from another process
-    for _ in range(100):
-        if sock.sent:
-            break
-        await asyncio.sleep(0.01)
-    assert sock.sent == [1, 2] and sock.live_from_seq[sid] == 1
+    await sent(sock, [1, 2])
+    assert sock.live_from_seq[sid] == 1
     order.forget_conn(sock)
 
 
@@ -115,11 +121,8 @@ async def test_a_failed_first_lookup_keeps_the_frames_in_hand() -> None:
     order.attached(sock)
     order.message(sock, sid, 2, message(sid, 2))
     order.message(sock, sid, 1, message(sid, 1))
-    for _ in range(100):
-        if len(sock.sent) == 2:
-            break
-        await asyncio.sleep(0.01)
-    assert sock.sent == [1, 2] and sock.live_from_seq[sid] == 1
+    await sent(sock, [1, 2])
+    assert sock.live_from_seq[sid] == 1
     order.forget_conn(sock)
 
 
@@ -150,15 +153,6 @@ async def store(session_id: PydanticObjectId, seq: int, ago: float = 0.0) -> Non
             "created_at": now.replace(microsecond=now.microsecond // 1000 * 1000),
         }
     )
-
-
-async def sent(sock: FakeSocket, expected: list[int], timeout: float = 5.0) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while sock.sent != expected:  # noqa: ASYNC110 (the Sequencer's tasks send)
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"sent {sock.sent}, expected {expected}") from None
 
 
 async def test_a_first_frame_waits_for_an_earlier_seq_still_being_stored(
