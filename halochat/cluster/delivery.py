@@ -37,11 +37,12 @@ from beanie import PydanticObjectId
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from pymongo import ASCENDING, DESCENDING
+from pymongo import DESCENDING
 
 from halochat.constants import AppState, ServerFrame
 from halochat.documents import Message
 from halochat.documents.common import utcnow
+from halochat.domain.messaging.paging import messages_between
 from halochat.notify.delivery import Delivery
 from halochat.notify.events import Origin
 from halochat.push import Push, PushService
@@ -271,13 +272,8 @@ def _message_frame(session_id: PydanticObjectId, doc: dict[str, Any]) -> dict[st
 
 
 async def _messages(session_id: PydanticObjectId, first: int, upto: int) -> list[dict[str, Any]]:
-    cursor = (
-        Message.get_pymongo_collection()
-        .find({"session_id": session_id, "seq": {"$gte": first, "$lt": upto}})
-        .sort("seq", ASCENDING)
-        .limit(MAX_HELD_FRAMES)
-    )
-    return await cursor.to_list(None)
+    """The stored messages with first <= seq < upto (a hole), at most MAX_HELD_FRAMES."""
+    return await messages_between(session_id, first - 1, upto - 1, limit=MAX_HELD_FRAMES)
 
 
 async def _messages_since(

@@ -80,13 +80,13 @@ async def open_sessions_of(who: Sender) -> list[ChatSession]:
 
 
 async def messages_between(
-    session_id: PydanticObjectId, after: int, upto: int
+    session_id: PydanticObjectId, after: int, upto: int, limit: int = REPLAY_BATCH
 ) -> list[dict[str, Any]]:
-    """The next REPLAY_BATCH messages with after < seq <= upto, in seq order."""
+    """The first `limit` messages with after < seq <= upto, in seq order (stored dicts)."""
     cursor = (
         Message.get_pymongo_collection()
         .find({"session_id": session_id, "seq": {"$gt": after, "$lte": upto}})
         .sort("seq", ASCENDING)
-        .limit(REPLAY_BATCH)
+        .limit(limit)
     )
     return await cursor.to_list(None)
