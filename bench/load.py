@@ -604,30 +604,44 @@ def fmt_phase(p: dict[str, Any]) -> str:
     )
 
 
-def halochat_run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    env = {
+def server_env(args: argparse.Namespace, **extra: str) -> dict[str, str]:
+    """The environment of a benchmarked halochat process (`--env` last: it overrides)."""
+    return {
         # Sessions must outlive set-up + both phases: one tier minute = 10 real minutes.
         "HALOCHAT_MINUTE_SECONDS": str(args.minute_seconds),
         "HALOCHAT_PAIRING_TIMEOUT_SECONDS": "600",
         # Set-up makes 2 writes per user as the admin: out of the per-user write limit.
         "HALOCHAT_HTTP_WRITE_RATE": "1000000/minute",
+        **extra,
         **dict(kv.split("=", 1) for kv in args.env),
     }
-    server = HalochatServer(workdir, env).start()
-    try:
-        uri = server.mongodb_uri
-        admin_id = ObjectId()
-        with MongoClient(uri) as client:
-            client[server.db_name]["users"].insert_one(
+
+
+def user_tokens(uri: str, db_name: str, role: str, names: list[str]) -> list[str]:
+    """Inserts one user per name with pymongo and returns their bearer tokens."""
+    settings = Settings(jwt_secret=BENCH_JWT_SECRET)
+    tokens = []
+    with MongoClient(uri) as client:
+        for name in names:
+            uid = ObjectId()
+            client[db_name]["users"].insert_one(
                 {
-                    "_id": admin_id,
-                    "role": "admin",
-                    "display_name": "bench-admin",
+                    "_id": uid,
+                    "role": role,
+                    "display_name": name,
                     "available": False,
                     "disabled": False,
                 }
             )
-        admin_token = issue_token(Settings(jwt_secret=BENCH_JWT_SECRET), admin_id)
+            tokens.append(issue_token(settings, uid))
+    return tokens
+
+
+def halochat_run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    server = HalochatServer(workdir, server_env(args)).start()
+    try:
+        uri = server.mongodb_uri
+        [admin_token] = user_tokens(uri, server.db_name, "admin", ["bench-admin"])
         t = time.monotonic()
         paired = asyncio.run(pair_sessions(server, admin_token, args.sessions))
         print(
@@ -798,20 +812,12 @@ def slow_readers_main(args: argparse.Namespace) -> None:
         **dict(kv.split("=", 1) for kv in args.env),
     }
     duration = args.duration if "--duration" in sys.argv else 30.0
-    settings = Settings(jwt_secret=BENCH_JWT_SECRET)
     with tempfile.TemporaryDirectory(prefix="halochat-bench-") as tmp:
         workdir = args.workdir or Path(tmp)
         server = HalochatServer(workdir, env).start()
         try:
-            tokens = []
-            with MongoClient(server.mongodb_uri) as client:
-                for i in range(args.slow_readers):
-                    uid = ObjectId()
-                    user = {"_id": uid, "role": "customer", "display_name": f"slow-{i}"}
-                    client[server.db_name]["users"].insert_one(
-                        {**user, "available": False, "disabled": False}
-                    )
-                    tokens.append(issue_token(settings, uid))
+            names = [f"slow-{i}" for i in range(args.slow_readers)]
+            tokens = user_tokens(server.mongodb_uri, server.db_name, "customer", names)
             watch = ProcWatch({"server": server.pid})
             time.sleep(1.0)
             before = watch.rss_kb()["server"]
@@ -906,13 +912,7 @@ def cluster_run(
     """n processes on the shared database (one fresh db name per run); sessions paired on
     the first; each session's customer on process i % n and its Mitra on (i + 1) % n, so
     with n > 1 every message crosses the bus between two processes."""
-    env = {
-        "HALOCHAT_MINUTE_SECONDS": str(args.minute_seconds),
-        "HALOCHAT_PAIRING_TIMEOUT_SECONDS": "600",
-        "HALOCHAT_HTTP_WRITE_RATE": "1000000/minute",
-        **({"HALOCHAT_NATS_URL": nats_url} if nats_url else {}),
-        **dict(kv.split("=", 1) for kv in args.env),
-    }
+    env = server_env(args, **({"HALOCHAT_NATS_URL": nats_url} if nats_url else {}))
     db_name = f"bench_{name.replace(' ', '_')}"
     members: list[ClusterMember] = []
     try:
@@ -920,18 +920,7 @@ def cluster_run(
             member_dir = workdir / f"{db_name}-{i}"
             member_dir.mkdir(parents=True, exist_ok=True)
             members.append(ClusterMember(member_dir, env, uri, db_name).start())
-        admin_id = ObjectId()
-        with MongoClient(uri) as client:
-            client[db_name]["users"].insert_one(
-                {
-                    "_id": admin_id,
-                    "role": "admin",
-                    "display_name": "bench-admin",
-                    "available": False,
-                    "disabled": False,
-                }
-            )
-        admin_token = issue_token(Settings(jwt_secret=BENCH_JWT_SECRET), admin_id)
+        [admin_token] = user_tokens(uri, db_name, "admin", ["bench-admin"])
         paired = asyncio.run(pair_sessions(members[0], admin_token, args.sessions))
         specs = [
             SessionSpec(
